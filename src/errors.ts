@@ -1,0 +1,123 @@
+/**
+ * Domain errors. Each carries facts (which packages, which digest, which exit
+ * code), never an HTTP status: `http/errcode.ts` is the one place that maps
+ * them to registry codes. This module imports nothing.
+ */
+
+export abstract class NixeryError extends Error {
+  abstract readonly code: string;
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** The configuration has problems; one line each, all collected before failing. */
+export class ConfigError extends NixeryError {
+  readonly code = 'CONFIG_INVALID';
+  constructor(readonly problems: readonly string[]) {
+    super(problems.join('\n'));
+  }
+}
+
+/** An image name or tag that does not follow the registry grammar. */
+export class InvalidImageNameError extends NixeryError {
+  readonly code = 'NAME_INVALID';
+  constructor(readonly imageName: string, readonly reason: string) {
+    super(`invalid image name ${JSON.stringify(imageName)}: ${reason}`);
+  }
+}
+
+/** A tag (reference) that does not follow the registry grammar. */
+export class InvalidTagError extends NixeryError {
+  readonly code = 'TAG_INVALID';
+  constructor(readonly tag: string, readonly reason: string) {
+    super(`invalid tag ${JSON.stringify(tag)}: ${reason}`);
+  }
+}
+
+export type MissingPackageKind = 'not_found' | 'not_a_derivation';
+
+export interface MissingPackage {
+  readonly name: string;
+  readonly kind: MissingPackageKind;
+}
+
+/** Some requested names are not packages of the configured package set. */
+export class PackagesNotFoundError extends NixeryError {
+  readonly code = 'PACKAGES_NOT_FOUND';
+  constructor(readonly packages: readonly MissingPackage[]) {
+    super(
+      `packages not found: ${packages
+        .map((p) => (p.kind === 'not_found' ? p.name : `${p.name} (not a derivation)`))
+        .join(', ')}`,
+    );
+  }
+}
+
+/** A Nix command failed (build failure, timeout, evaluation error). */
+export class NixBuildError extends NixeryError {
+  readonly code = 'NIX_BUILD_FAILED';
+  constructor(
+    readonly command: string,
+    readonly exitCode: number | undefined,
+    readonly timedOut: boolean,
+    readonly stderr: string,
+    options?: { cause?: unknown },
+  ) {
+    super(
+      timedOut
+        ? `${command} timed out`
+        : `${command} failed${exitCode === undefined ? '' : ` with exit code ${exitCode}`}`,
+      options,
+    );
+  }
+}
+
+/** The build was cancelled (client went away or the server is shutting down). */
+export class BuildAbortedError extends NixeryError {
+  readonly code = 'BUILD_ABORTED';
+  constructor(readonly reason: string) {
+    super(`build aborted: ${reason}`);
+  }
+}
+
+/** A malformed digest such as `sha256:totallywrong`. */
+export class InvalidDigestError extends NixeryError {
+  readonly code = 'DIGEST_INVALID';
+  constructor(readonly digest: string) {
+    super(`invalid digest ${JSON.stringify(digest)}`);
+  }
+}
+
+/** No blob with this digest is stored. */
+export class BlobNotFoundError extends NixeryError {
+  readonly code = 'BLOB_UNKNOWN';
+  constructor(readonly digest: string) {
+    super(`blob unknown: ${digest}`);
+  }
+}
+
+/** A manifest reference (tag or digest) that this registry cannot serve. */
+export class ManifestNotFoundError extends NixeryError {
+  readonly code = 'MANIFEST_UNKNOWN';
+  constructor(readonly reference: string, readonly reason: string) {
+    super(`manifest unknown: ${reference}: ${reason}`);
+  }
+}
+
+/** A method the registry does not implement (push, delete). */
+export class UnsupportedError extends NixeryError {
+  readonly code = 'UNSUPPORTED';
+  constructor(readonly operation: string) {
+    super(`${operation} is not supported: this registry builds images on pull and accepts no uploads`);
+  }
+}
+
+/** The storage backend failed (I/O error, unreachable bucket). */
+export class StorageError extends NixeryError {
+  readonly code = 'STORAGE_FAILED';
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+  }
+}
