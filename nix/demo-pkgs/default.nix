@@ -1,0 +1,446 @@
+# nixery-ts demo package set: a small, offline stand-in for nixpkgs.
+#
+# Real, runnable packages made from the host's Debian binaries (no network, no
+# nixpkgs), imported like nixpkgs:
+#
+#   import ./nix/demo-pkgs { system = "x86_64-linux"; salt = "run-42"; }
+#   nix-build nix/demo-pkgs -A htop --no-out-link
+#
+# Each package copies programs and libraries from the host and patches them
+# (builder.sh) so they load the demo glibc and the lib/ dirs of their declared
+# dependencies from the store; Nix then sees those as runtime references and
+# closures look like nixpkgs ones (one shared glibc leaf, ncurses shared by
+# bash/htop/nano, ...). The set is deterministic on a given host, but its
+# bytes follow the host's Debian versions: tests compute digests and sizes,
+# they never hard-code them.
+#
+# Host requirements (the project's setup and CI must install them):
+#   apt-get install -y nix-bin patchelf busybox-static htop jq git curl nano \
+#                      moreutils gcc ca-certificates netbase perl openssl
+# (bash, coreutils, dpkg, mawk come with every Debian system.) Nix must run
+# with `sandbox = false` (builders read /usr, /lib, /etc and /var/lib/dpkg)
+# unless those are given as extra-sandbox-paths. A missing host program makes
+# the build fail loudly, naming it.
+#
+# Import arguments:
+#   system        target system; another one (e.g. "aarch64-linux") still
+#                 evaluates but cannot be built here: a "wrong arch" case.
+#   slowSeconds   duration of slow-build / slow-chatty-build.
+#   largeBlobMiB  size of large-blob.
+#   salt          non-empty: every derivation (also writeText/runCommand
+#                 results) gets a new store path, so a test can force fresh
+#                 builds in a shared store without deleting anything.
+#   hostPath      PATH the builders use to find host programs.
+#
+# Changing what `hello` prints: `hello` prints the bytes of ./greeting.txt
+# verbatim (they are compiled into the program). A test copies this directory,
+# writes e.g. `printf 'Hi from v2\n' > greeting.txt`, and `hello` (only hello
+# and what depends on it) gets a new store path that prints the new text.
+#
+# Test fixtures besides the packages: tools.greet (nested set), extraPackages
+# (camelCase set with nested members), _7zip (name starting with a digit),
+# notAPackage (not a derivation), motd (single-file store path), large-blob,
+# broken-build, slow-build, slow-chatty-build.
+{ system ? builtins.currentSystem
+, slowSeconds ? 300
+, largeBlobMiB ? 16
+, salt ? ""
+, hostPath ? "/usr/bin:/bin:/usr/sbin:/sbin"
+, ...   # accept (and ignore) whatever nixpkgs-style callers pass
+}:
+
+let
+  # Programs are copied from the machine that builds them, so library
+  # locations follow the *host*; `system` only decides the derivations'
+  # system field (and therefore whether this machine can build them).
+  hostInfo = {
+    "x86_64-linux" = { triple = "x86_64-linux-gnu"; ldso = "ld-linux-x86-64.so.2"; };
+    "aarch64-linux" = { triple = "aarch64-linux-gnu"; ldso = "ld-linux-aarch64.so.1"; };
+  }.${builtins.currentSystem}
+    or (throw "demo-pkgs: unsupported build host ${builtins.currentSystem}");
+  hostLibDir = "/lib/${hostInfo.triple}";
+
+  # Every derivation goes through here so the salt reaches all of them.
+  mkDrv = attrs: derivation (attrs // { inherit system; }
+    // (if salt == "" then { } else { demoSalt = salt; }));
+
+  # A package assembled by builder.sh from host files (see its header).
+  mkPkg =
+    { pname
+    , version ? ""
+    , bins ? [ ]          # absolute host paths copied to bin/
+    , debPackage ? ""     # copy every bin/ file of this Debian package
+    , libs ? [ ]          # sonames this package provides (from hostLibDir)
+    , deps ? [ glibc ]    # packages whose lib/ goes into RUNPATH
+    , cSource ? null      # C file compiled to bin/${cProgram}
+    , cProgram ? pname
+    , keepSourceRef ? false
+    , embed ? null        # bytes the C program sees as `embedded[]`
+    , bundleLibs ? true
+    , patchElf ? true
+    , preFixup ? ""
+    , postInstall ? ""
+    , description ? ""
+    }:
+    mkDrv ({
+      name = if version == "" then pname else "${pname}-${version}";
+      inherit pname version hostPath hostLibDir debPackage cProgram preFixup postInstall deps;
+      builder = "/bin/sh";
+      args = [ "-e" ./builder.sh ];
+      bins = toString bins;
+      libs = toString libs;
+      cSource = if cSource == null then "" else cSource;
+      keepSourceRef = if keepSourceRef then "1" else "0";
+      interpreter = if pname == "glibc" then "" else "${glibc}/lib/${hostInfo.ldso}";
+      bundleLibs = if bundleLibs then "1" else "0";
+      patchElf = if patchElf then "1" else "0";
+    } // (if embed == null then { } else {
+      # passAsFile: the text reaches the builder byte for byte as a file.
+      inherit embed;
+      passAsFile = [ "embed" ];
+    })) // { meta = { inherit description; }; };
+
+  # ------------------------------------------------ nixpkgs-style helpers
+  # Just enough of nixpkgs' trivial builders for Nixery-style expressions
+  # (symlink forests, runtime-graph JSON); there is no stdenv here.
+  runCommand = name: env: buildCommand:
+    let inputs = (env.buildInputs or [ ]) ++ (env.nativeBuildInputs or [ ]);
+    in mkDrv ({
+      inherit name buildCommand;
+      builder = "/bin/bash";
+      args = [ "-e" (env.builder or runCommandBuilder) ];
+      PATH = builtins.concatStringsSep ":" (map (p: "${p}/bin") inputs ++ [ hostPath ]);
+      SOURCE_DATE_EPOCH = "315532800";
+    } // builtins.removeAttrs env [ "builder" "buildInputs" "nativeBuildInputs" ]);
+
+  # With __structuredAttrs the outputs come from .attrs.sh, not from $out.
+  runCommandBuilder = builtins.toFile "run-command-builder.sh" ''
+    if [ -e .attrs.sh ]; then
+      . ./.attrs.sh
+      for o in "''${!outputs[@]}"; do export "$o=''${outputs[$o]}"; done
+    fi
+    eval "$buildCommand"
+  '';
+
+  writeText = name: text: mkDrv {
+    inherit name text;
+    builder = "/bin/sh";
+    passAsFile = [ "text" ];
+    args = [ "-c" "/bin/cp \"$textPath\" \"$out\"" ];
+  };
+
+  # Like nixpkgs: the first path wins on conflicts; single-file store paths
+  # (e.g. motd) are skipped because there is nothing to link into a tree.
+  symlinkJoin = { name, paths, postBuild ? "", ... }@args:
+    runCommand name (builtins.removeAttrs args [ "name" "paths" "postBuild" ] // {
+      inherit paths postBuild;
+    }) ''
+      mkdir -p $out
+      for i in $paths; do
+        [ -d "$i" ] || continue
+        cp -rsnT "$i" "$out"
+        chmod -R u+w "$out"
+      done
+      eval "$postBuild"
+    '';
+
+  # The nixpkgs `lib` functions that package lookups (Nixery's deepFetch and
+  # prepare-image/resolve-names.nix callers) reach for.
+  lib = rec {
+    inherit (builtins) filter attrNames attrValues listToAttrs hasAttr elem
+      concatStringsSep head tail length mapAttrs;
+    splitString = sep: s:
+      builtins.filter builtins.isString (builtins.split (escapeRegex sep) s);
+    escapeRegex = builtins.replaceStrings
+      [ "\\" "." "+" "*" "?" "(" ")" "[" "]" "{" "}" "|" "^" "$" ]
+      [ "\\\\" "\\." "\\+" "\\*" "\\?" "\\(" "\\)" "\\[" "\\]" "\\{" "\\}" "\\|" "\\^" "\\$" ];
+    attrByPath = path: default: set:
+      if path == [ ] then set
+      else
+        let h = builtins.head path; in
+        if builtins.isAttrs set && builtins.hasAttr h set
+        then attrByPath (builtins.tail path) default set.${h}
+        else default;
+    getAttrFromPath = path: set:
+      attrByPath path (throw "cannot find attribute '${concatStringsSep "." path}'") set;
+    upperChars = builtins.genList (i: builtins.substring i 1 "ABCDEFGHIJKLMNOPQRSTUVWXYZ") 26;
+    lowerChars = builtins.genList (i: builtins.substring i 1 "abcdefghijklmnopqrstuvwxyz") 26;
+    toLower = builtins.replaceStrings upperChars lowerChars;
+    toUpper = builtins.replaceStrings lowerChars upperChars;
+    hasPrefix = pre: s: builtins.substring 0 (builtins.stringLength pre) s == pre;
+    optionalString = cond: s: if cond then s else "";
+    isDerivation = v: builtins.isAttrs v && (v.type or null) == "derivation";
+  };
+
+  # ------------------------------------------------------------ libraries
+  glibc = mkPkg {
+    pname = "glibc";
+    version = "2.36";
+    libs = [ hostInfo.ldso "libc.so.6" "libm.so.6" "libmvec.so.1" "libresolv.so.2"
+             "libpthread.so.0" "libdl.so.2" "librt.so.1" "libutil.so.1" "libanl.so.1"
+             "libnss_files.so.2" "libnss_dns.so.2" ];
+    deps = [ ];
+    bundleLibs = false;
+    patchElf = false;   # libc.so.6 is itself executable; leave glibc untouched
+  };
+
+  # Terminfo database. Debian's libtinfo only looks in the compiled-in
+  # "/etc/terminfo:/lib/terminfo:/usr/share/terminfo" (47 chars), and an image
+  # holds ncurses' files only under /nix/store, so interactive programs would
+  # die with "Error opening terminal". The ncurses package overwrites that
+  # string in place with this store path; the two-letter name keeps the path
+  # (46 chars, any salt) short enough to fit.
+  ti = mkPkg {
+    pname = "ti";
+    deps = [ ];
+    postInstall = "cp -r /lib/terminfo/. $out/";
+  };
+  ncurses = mkPkg {
+    pname = "ncurses";
+    version = "6.4";
+    libs = [ "libncursesw.so.6" "libtinfo.so.6" ];
+    preFixup = ''
+      chmod u+w $out/lib/libtinfo.so.6
+      TI=${ti} perl -pi -e 's{(/etc/terminfo:/lib/terminfo:/usr/share/terminfo)}{
+          length($ENV{TI}) <= length($1) or die "store path too long";
+          $ENV{TI} . chr(0) x (length($1) - length($ENV{TI})) }e' $out/lib/libtinfo.so.6
+      grep -q "${ti}" $out/lib/libtinfo.so.6 || { echo "terminfo path not patched" >&2; exit 1; }
+      mkdir -p $out/share
+      ln -s ${ti} $out/share/terminfo
+    '';
+  };
+  zlib = mkPkg { pname = "zlib"; version = "1.2.13"; libs = [ "libz.so.1" ]; };
+  pcre2 = mkPkg { pname = "pcre2"; version = "10.42"; libs = [ "libpcre2-8.so.0" ]; };
+  openssl = mkPkg {
+    pname = "openssl";
+    version = "3.0";
+    bins = [ "/usr/bin/openssl" ];
+    libs = [ "libssl.so.3" "libcrypto.so.3" ];
+  };
+  libnl = mkPkg { pname = "libnl"; version = "3.7.0"; libs = [ "libnl-3.so.200" "libnl-genl-3.so.200" ]; };
+  oniguruma = mkPkg { pname = "oniguruma"; version = "6.9.8"; libs = [ "libonig.so.5" ]; };
+  libselinux = mkPkg {
+    pname = "libselinux";
+    version = "3.4";
+    libs = [ "libselinux.so.1" ];
+    deps = [ glibc pcre2 ];
+  };
+  acl = mkPkg { pname = "acl"; version = "2.3.1"; libs = [ "libacl.so.1" "libattr.so.1" ]; };
+  gmp = mkPkg { pname = "gmp"; version = "6.2.1"; libs = [ "libgmp.so.10" ]; };
+
+  # ------------------------------------------------------------- programs
+  bash = mkPkg {
+    pname = "bash";
+    version = "5.2.15";
+    bins = [ "/usr/bin/bash" ];
+    deps = [ glibc ncurses ];
+    postInstall = "ln -s bash $out/bin/sh";
+    description = "GNU Bourne-Again SHell";
+  };
+  coreutils = mkPkg {
+    pname = "coreutils";
+    version = "9.1";
+    debPackage = "coreutils";
+    deps = [ glibc libselinux pcre2 acl gmp ];
+    description = "GNU core utilities";
+  };
+  busybox = mkPkg {
+    pname = "busybox";
+    version = "1.35.0";
+    bins = [ "/usr/bin/busybox" ];   # static: no references at all
+    deps = [ ];
+    postInstall = ''
+      for a in $($out/bin/busybox --list); do
+        [ "$a" = busybox ] || ln -s busybox $out/bin/$a
+      done
+    '';
+    description = "Tiny versions of common UNIX utilities (static)";
+  };
+
+  # The greeting is read at evaluation time, so editing greeting.txt changes
+  # hello's derivation (and store path) and nothing else.
+  greeting = builtins.readFile ./greeting.txt;
+  hello = mkPkg {
+    pname = "hello";
+    version = "2.12";
+    embed = greeting;
+    cSource = builtins.toFile "hello.c" ''
+      #include <stdio.h>
+      #include <string.h>
+      #include "embed.h"
+      int main(int argc, char **argv) {
+        if (argc > 1 && strcmp(argv[1], "--version") == 0) {
+          puts("hello (nixery-ts demo) 2.12");
+          return 0;
+        }
+        fputs(embedded, stdout);
+        return 0;
+      }
+    '';
+    description = "Prints the greeting from nix/demo-pkgs/greeting.txt";
+  };
+  htop = mkPkg {
+    pname = "htop";
+    version = "3.2.2";
+    bins = [ "/usr/bin/htop" ];
+    deps = [ glibc ncurses libnl ];
+    description = "Interactive process viewer";
+  };
+  jq = mkPkg {
+    pname = "jq";
+    version = "1.6";
+    bins = [ "/usr/bin/jq" ];          # libjq.so.1 is bundled privately
+    deps = [ glibc oniguruma ];
+    description = "Command-line JSON processor";
+  };
+  # The Debian binary holds every builtin (init/add/commit/log/clone from a
+  # local path, ...) but looks for helpers in /usr/lib/git-core and templates
+  # in /usr/share/git-core. So the binary moves to libexec/git-core with a
+  # link per builtin, and bin/git becomes a bash wrapper that points git at
+  # them (which also puts bash in git's closure, as in nixpkgs). No http(s)
+  # or ssh transports, no perl/shell helpers.
+  git = mkPkg {
+    pname = "git";
+    version = "2.39";
+    bins = [ "/usr/bin/git" ];
+    deps = [ glibc pcre2 zlib ];
+    postInstall = ''
+      mkdir -p $out/libexec/git-core $out/share/git-core
+      mv $out/bin/git $out/libexec/git-core/git
+      for c in $($out/libexec/git-core/git --list-cmds=builtins); do
+        [ "$c" = git ] || ln -s git $out/libexec/git-core/git-$c
+      done
+      cp -r /usr/share/git-core/templates $out/share/git-core/templates
+      cat > $out/bin/git <<WRAPPER
+      #!${bash}/bin/bash
+      export GIT_EXEC_PATH=$out/libexec/git-core
+      export GIT_TEMPLATE_DIR=\''${GIT_TEMPLATE_DIR:-$out/share/git-core/templates}
+      exec $out/libexec/git-core/git "\$@"
+      WRAPPER
+      chmod +x $out/bin/git
+      for c in upload-pack receive-pack upload-archive; do ln -s git $out/bin/git-$c; done
+    '';
+    description = "Distributed version control system (local operations only)";
+  };
+  curl = mkPkg {
+    pname = "curl";
+    version = "7.88.1";
+    bins = [ "/usr/bin/curl" ];        # libcurl + ~25 libs bundled privately
+    deps = [ glibc zlib openssl ];
+    description = "Command-line URL transfer tool";
+  };
+  nano = mkPkg {
+    pname = "nano";
+    version = "7.2";
+    bins = [ "/usr/bin/nano" ];
+    deps = [ glibc ncurses ];
+    description = "Small, friendly text editor";
+  };
+  moreutils = mkPkg {
+    pname = "moreutils";
+    version = "0.67";
+    # Only the ELF tools; the perl scripts (ts, vidir, ...) would need perl.
+    bins = map (n: "/usr/bin/${n}") [ "errno" "ifdata" "ifne" "isutf8" "lckdo" "mispipe" "pee" "sponge" ];
+    description = "More Unix tools (sponge, ifne, pee, ...)";
+  };
+  cacert = mkPkg {
+    pname = "nss-cacert";
+    version = "debian";
+    deps = [ ];
+    postInstall = ''
+      mkdir -p $out/etc/ssl/certs
+      cp /etc/ssl/certs/ca-certificates.crt $out/etc/ssl/certs/ca-bundle.crt
+      ln -s ca-bundle.crt $out/etc/ssl/certs/ca-certificates.crt
+    '';
+    description = "CA certificate bundle (from Debian's ca-certificates)";
+  };
+  iana-etc = mkPkg {
+    pname = "iana-etc";
+    version = "debian";
+    deps = [ ];
+    postInstall = ''
+      mkdir -p $out/etc
+      cp /etc/services /etc/protocols $out/etc/
+    '';
+    description = "/etc/services and /etc/protocols (from Debian's netbase)";
+  };
+
+  # Compiled from a store file directly: the binary keeps a reference to
+  # greet.c, so its closure holds a single-file store path.
+  greet = mkPkg {
+    pname = "greet";
+    version = "1.0";
+    keepSourceRef = true;
+    cSource = builtins.toFile "greet.c" ''
+      #include <stdio.h>
+      int main(int argc, char **argv) {
+        printf("Hello from the fixture, %s!\n", argc > 1 ? argv[1] : "world");
+        return 0;
+      }
+    '';
+    description = "Greets its first argument";
+  };
+
+  # Attribute names cannot start with a digit without quoting, so nixpkgs
+  # names such packages with a leading underscore (_7zz, _3proxy); Nixery maps
+  # a requested "7zip" to "_7zip".
+  _7zip = mkPkg {
+    pname = "7zip";
+    version = "16.02";
+    cProgram = "7z";
+    cSource = builtins.toFile "7z.c" ''
+      #include <stdio.h>
+      int main(void) {
+        puts("7-Zip (nixery-ts demo stand-in) 16.02");
+        return 0;
+      }
+    '';
+    description = "Stand-in for 7-Zip: prints a fixed line";
+  };
+
+  # Incompressible but deterministic payload (AES-CTR keystream of zeros), for
+  # layer-size and streaming tests.
+  large-blob = mkPkg {
+    pname = "large-blob";
+    version = "1";
+    deps = [ ];
+    postInstall = ''
+      mkdir -p $out/share
+      head -c ${toString (largeBlobMiB * 1048576)} /dev/zero |
+        openssl enc -aes-128-ctr -nosalt -K 00000000000000000000000000000000 \
+          -iv 00000000000000000000000000000000 > $out/share/blob.bin
+    '';
+    description = "${toString largeBlobMiB} MiB of deterministic random-looking bytes";
+  };
+
+  # ------------------------------------------------- deliberate failures
+  broken-build = mkDrv {
+    name = "broken-build-1.0";
+    builder = "/bin/sh";
+    args = [ "-c" "echo 'broken-build: this package fails on purpose' >&2; exit 1" ];
+  };
+  # One line, then silence: trips --max-silent-time (then it would succeed).
+  slow-build = mkDrv {
+    name = "slow-build-1.0";
+    builder = "/bin/sh";
+    args = [ "-c" "echo 'slow-build: sleeping ${toString slowSeconds}s'; /bin/sleep ${toString slowSeconds}; /bin/mkdir $out" ];
+  };
+  # Output every second: trips only --timeout.
+  slow-chatty-build = mkDrv {
+    name = "slow-chatty-build-1.0";
+    builder = "/bin/sh";
+    args = [ "-c" "i=0; while [ $i -lt ${toString slowSeconds} ]; do echo tick $i; i=$((i+1)); /bin/sleep 1; done; /bin/mkdir $out" ];
+  };
+
+in
+{
+  inherit lib runCommand writeText symlinkJoin;
+  inherit glibc ncurses zlib pcre2 openssl libnl oniguruma libselinux acl gmp;
+  inherit bash coreutils busybox hello htop jq git curl nano moreutils cacert iana-etc;
+  inherit _7zip large-blob broken-build slow-build slow-chatty-build;
+  bashInteractive = bash;     # camelCase alias with the same store path, like nixpkgs
+  motd = writeText "motd" "Welcome to a nixery-ts demo image.\n";
+  tools = { inherit greet hello; };                           # nested, like xorg.xev
+  extraPackages = { inherit greet jq; prettyJson = jq; };     # like haskellPackages.foo
+  notAPackage = { description = "a plain attribute set, not a derivation"; };
+}

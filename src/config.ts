@@ -1,0 +1,241 @@
+/**
+ * Configuration from environment variables. Nixery's variable names keep
+ * their meaning so that an existing deployment moves over unchanged; our
+ * additions are prefixed NIXERY_. `parseConfig` is pure: it reads a plain
+ * record, collects every problem and throws one ConfigError with one line per
+ * problem, each naming the variable. Checks that need I/O (does the storage
+ * directory support user xattrs?) are passed in as probes to `loadConfig`.
+ */
+import { ConfigError } from './errors.js';
+
+export type Env = Readonly<Record<string, string | undefined>>;
+
+export type PackageSource =
+  | { readonly kind: 'channel'; readonly channel: string; readonly urlTemplate: string }
+  | { readonly kind: 'git'; readonly repository: string }
+  | { readonly kind: 'path'; readonly path: string };
+
+export type StorageConfig =
+  | { readonly kind: 'filesystem'; readonly path: string }
+  | {
+      readonly kind: 'gcs';
+      readonly bucket: string;
+      /** Service-account key used to sign blob URLs; without it blobs redirect to public object URLs. */
+      readonly credentialsFile: string | undefined;
+      readonly signedUrlTtlSeconds: number;
+    };
+
+export interface Config {
+  readonly host: string;
+  readonly port: number;
+  readonly pkgs: PackageSource;
+  readonly storage: StorageConfig;
+  /** Seconds a Nix build may run (and stay silent) before it is stopped. */
+  readonly nixTimeoutSeconds: number;
+  readonly popularityUrl: string | undefined;
+  /** Directory of the start page; undefined means the bundled web/. */
+  readonly webDir: string | undefined;
+  /** Maximum number of layers in an image, the symlink layer included. */
+  readonly layerBudget: number;
+  /** No binary caches: every Nix call gets `substituters =` (for local package sets). */
+  readonly offline: boolean;
+  /** Directory holding the prepare-image Nix expressions; undefined means the bundled one. */
+  readonly prepareImageDir: string | undefined;
+}
+
+/** The default channel archive, as in Nixery: GitHub's tarball of a nixpkgs branch or commit. */
+export const DEFAULT_CHANNEL_URL = 'https://github.com/NixOS/nixpkgs/archive/{rev}.tar.gz';
+
+/**
+ * Nixery uses 94 layers, which leaves images built `FROM` ours only ~30 layers
+ * under the overlay limit of about 127. We default lower to keep headroom.
+ */
+export const DEFAULT_LAYER_BUDGET = 64;
+export const MAX_LAYER_BUDGET = 125;
+
+/** Per-variable parsing: every helper records a problem and returns a fallback. */
+class Reader {
+  readonly problems: string[] = [];
+  constructor(private readonly env: Env) {}
+
+  /** Unset and empty are the same: an empty variable in a Kubernetes manifest means "not set". */
+  str(name: string): string | undefined {
+    const v = this.env[name];
+    return v === undefined || v.trim() === '' ? undefined : v.trim();
+  }
+
+  problem(name: string, reason: string): void {
+    this.problems.push(`${name}: ${reason}`);
+  }
+
+  int(name: string, def: number, min: number, max: number): number {
+    const raw = this.str(name);
+    if (raw === undefined) return def;
+    if (!/^\d+$/.test(raw)) {
+      this.problem(name, `${JSON.stringify(raw)} is not a whole number`);
+      return def;
+    }
+    const n = Number(raw);
+    if (n < min || n > max) {
+      this.problem(name, `${n} is out of range (${min}..${max})`);
+      return def;
+    }
+    return n;
+  }
+
+  bool(name: string, def: boolean): boolean {
+    const raw = this.str(name);
+    if (raw === undefined) return def;
+    if (/^(1|true|yes|on)$/i.test(raw)) return true;
+    if (/^(0|false|no|off)$/i.test(raw)) return false;
+    this.problem(name, `${JSON.stringify(raw)} is not a boolean (use true or false)`);
+    return def;
+  }
+
+  absolutePath(name: string): string | undefined {
+    const raw = this.str(name);
+    if (raw !== undefined && !raw.startsWith('/')) {
+      this.problem(name, `${JSON.stringify(raw)} must be an absolute path`);
+      return undefined;
+    }
+    return raw;
+  }
+
+  url(name: string, protocols: readonly string[]): string | undefined {
+    const raw = this.str(name);
+    if (raw === undefined) return undefined;
+    let u: URL;
+    try {
+      u = new URL(raw);
+    } catch {
+      this.problem(name, `${JSON.stringify(raw)} is not a URL`);
+      return undefined;
+    }
+    if (!protocols.includes(u.protocol)) {
+      this.problem(name, `${JSON.stringify(raw)} must use ${protocols.join(' or ')}`);
+      return undefined;
+    }
+    return raw;
+  }
+}
+
+function parsePackageSource(r: Reader): PackageSource | undefined {
+  const channel = r.str('NIXERY_CHANNEL');
+  const repo = r.str('NIXERY_PKGS_REPO');
+  const path = r.absolutePath('NIXERY_PKGS_PATH');
+  const urlTemplate = r.str('NIXERY_CHANNEL_URL') ?? DEFAULT_CHANNEL_URL;
+  if (!urlTemplate.includes('{rev}')) {
+    r.problem('NIXERY_CHANNEL_URL', `${JSON.stringify(urlTemplate)} must contain the placeholder {rev}`);
+  }
+  const set = [
+    channel !== undefined && 'NIXERY_CHANNEL',
+    repo !== undefined && 'NIXERY_PKGS_REPO',
+    r.str('NIXERY_PKGS_PATH') !== undefined && 'NIXERY_PKGS_PATH',
+  ].filter((x): x is string => typeof x === 'string');
+  if (set.length === 0) {
+    r.problem('NIXERY_CHANNEL', 'no package source: set one of NIXERY_CHANNEL, NIXERY_PKGS_REPO or NIXERY_PKGS_PATH');
+    return undefined;
+  }
+  if (set.length > 1) {
+    r.problem(set[0]!, `only one package source may be set, but ${set.join(' and ')} are set`);
+    return undefined;
+  }
+  if (channel !== undefined) {
+    if (!/^[A-Za-z0-9][A-Za-z0-9._\-]*$/.test(channel)) {
+      r.problem('NIXERY_CHANNEL', `${JSON.stringify(channel)} is not a channel name or commit`);
+      return undefined;
+    }
+    return { kind: 'channel', channel, urlTemplate };
+  }
+  if (repo !== undefined) return { kind: 'git', repository: repo };
+  if (path !== undefined) return { kind: 'path', path };
+  return undefined;
+}
+
+function parseStorage(r: Reader): StorageConfig | undefined {
+  const backend = r.str('NIXERY_STORAGE_BACKEND');
+  const storagePath = r.absolutePath('STORAGE_PATH');
+  const bucket = r.str('GCS_BUCKET');
+  const credentialsFile = r.absolutePath('GOOGLE_APPLICATION_CREDENTIALS');
+  const signedUrlTtlSeconds = r.int('NIXERY_SIGNED_URL_TTL', 300, 1, 7 * 24 * 3600);
+  // Nixery requires the backend to be named; we infer it when only one is configured.
+  const kind = backend ?? (r.str('STORAGE_PATH') !== undefined ? 'filesystem' : bucket !== undefined ? 'gcs' : undefined);
+  switch (kind) {
+    case undefined:
+      r.problem('NIXERY_STORAGE_BACKEND', 'not set: use filesystem (with STORAGE_PATH) or gcs (with GCS_BUCKET)');
+      return undefined;
+    case 'filesystem':
+      if (storagePath === undefined) {
+        if (r.str('STORAGE_PATH') === undefined) r.problem('STORAGE_PATH', 'required by the filesystem storage backend');
+        return undefined;
+      }
+      return { kind, path: storagePath };
+    case 'gcs':
+      if (bucket === undefined) {
+        r.problem('GCS_BUCKET', 'required by the gcs storage backend');
+        return undefined;
+      }
+      return { kind, bucket, credentialsFile, signedUrlTtlSeconds };
+    default:
+      r.problem('NIXERY_STORAGE_BACKEND', `${JSON.stringify(kind)} is not a storage backend (use filesystem or gcs)`);
+      return undefined;
+  }
+}
+
+export function parseConfig(env: Env): Config {
+  const r = new Reader(env);
+  const host = r.str('NIXERY_HOST') ?? '0.0.0.0';
+  if (!/^[A-Za-z0-9.:\-\[\]]+$/.test(host)) r.problem('NIXERY_HOST', `${JSON.stringify(host)} is not a host name or address`);
+  const config = {
+    host,
+    port: r.int('PORT', 8080, 0, 65535),
+    pkgs: parsePackageSource(r),
+    storage: parseStorage(r),
+    nixTimeoutSeconds: r.int('NIX_TIMEOUT', 60, 1, 24 * 3600),
+    popularityUrl: r.url('NIX_POPULARITY_URL', ['http:', 'https:', 'file:']),
+    webDir: r.absolutePath('WEB_DIR'),
+    layerBudget: r.int('NIXERY_LAYER_BUDGET', DEFAULT_LAYER_BUDGET, 2, MAX_LAYER_BUDGET),
+    offline: r.bool('NIXERY_OFFLINE', false),
+    prepareImageDir: r.absolutePath('NIXERY_PREPARE_IMAGE_DIR'),
+  };
+  if (r.problems.length > 0 || config.pkgs === undefined || config.storage === undefined) {
+    throw new ConfigError(r.problems);
+  }
+  return config as Config;
+}
+
+/** Start-up checks that need I/O; each returns a problem line or undefined. */
+export interface ConfigProbes {
+  storageDirectory?(path: string): Promise<string | undefined>;
+  packagePath?(path: string): Promise<string | undefined>;
+  directory?(path: string): Promise<string | undefined>;
+}
+
+/**
+ * parseConfig plus the probes, so that a wrong value and an unusable
+ * directory are reported together rather than one per restart.
+ */
+export async function loadConfig(env: Env, probes: ConfigProbes): Promise<Config> {
+  let config: Config | undefined;
+  let problems: string[] = [];
+  try {
+    config = parseConfig(env);
+  } catch (e) {
+    if (!(e instanceof ConfigError)) throw e;
+    problems = [...e.problems];
+  }
+  // Probe whatever parsed, even if something else did not.
+  const probe = async (name: string, value: string | undefined, fn?: (p: string) => Promise<string | undefined>) => {
+    if (value === undefined || fn === undefined || !value.startsWith('/')) return;
+    const p = await fn(value);
+    if (p !== undefined) problems.push(`${name}: ${p}`);
+  };
+  // The xattr check only matters when the filesystem backend is (or would be) used.
+  const backend = env['NIXERY_STORAGE_BACKEND']?.trim() || 'filesystem';
+  if (backend === 'filesystem') await probe('STORAGE_PATH', env['STORAGE_PATH']?.trim() || undefined, probes.storageDirectory);
+  await probe('NIXERY_PKGS_PATH', env['NIXERY_PKGS_PATH']?.trim() || undefined, probes.packagePath);
+  await probe('WEB_DIR', env['WEB_DIR']?.trim() || undefined, probes.directory);
+  await probe('NIXERY_PREPARE_IMAGE_DIR', env['NIXERY_PREPARE_IMAGE_DIR']?.trim() || undefined, probes.directory);
+  if (problems.length > 0 || config === undefined) throw new ConfigError(problems);
+  return config;
+}

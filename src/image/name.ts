@@ -1,0 +1,84 @@
+/**
+ * From a registry name and tag to the image to build. Pure.
+ *
+ * The name's path components are package names (`shell/git/htop`). Two
+ * meta-packages are recognised at the front only, as in Nixery:
+ *   arm64  build for aarch64-linux instead of x86_64-linux
+ *   shell  bashInteractive, coreutils, moreutils and nano
+ * `cacert` and `iana-etc` are added to every image (TLS and /etc/services),
+ * and the package list is sorted and de-duplicated, so that `git/htop` and
+ * `htop/git` are the same image and share every cache entry.
+ */
+import { InvalidImageNameError, InvalidTagError } from '../errors.js';
+
+export interface Architecture {
+  /** Nix system double. */
+  readonly nixSystem: 'x86_64-linux' | 'aarch64-linux';
+  /** GOARCH-style name used in image configs and indexes. */
+  readonly ociArch: 'amd64' | 'arm64';
+}
+
+export const AMD64: Architecture = { nixSystem: 'x86_64-linux', ociArch: 'amd64' };
+export const ARM64: Architecture = { nixSystem: 'aarch64-linux', ociArch: 'arm64' };
+
+export interface ImageSpec {
+  /** The repository name as requested, e.g. `shell/htop`. */
+  readonly name: string;
+  /** The tag as requested (for git sources: the ref to build). */
+  readonly tag: string;
+  /** Package attribute names to build: sorted, unique, meta-packages expanded. */
+  readonly packages: readonly string[];
+  readonly arch: Architecture;
+}
+
+export const SHELL_PACKAGES = ['bashInteractive', 'coreutils', 'moreutils', 'nano'] as const;
+export const ALWAYS_INCLUDED = ['cacert', 'iana-etc'] as const;
+
+/** Distribution spec: lowercase components separated by `.`, `_`, `__` or dashes. */
+const COMPONENT = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/;
+const TAG = /^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$/;
+/** Docker's limit on a whole repository name. */
+export const MAX_NAME_LENGTH = 255;
+
+export function validateName(name: string): void {
+  if (name.length === 0) throw new InvalidImageNameError(name, 'the name is empty');
+  if (name.length > MAX_NAME_LENGTH) {
+    throw new InvalidImageNameError(
+      name.length > 64 ? `${name.slice(0, 64)}…` : name,
+      `the name is ${name.length} characters long; the limit is ${MAX_NAME_LENGTH}`,
+    );
+  }
+  for (const c of name.split('/')) {
+    if (!COMPONENT.test(c)) {
+      throw new InvalidImageNameError(
+        name,
+        c === ''
+          ? 'empty path component'
+          : `path component ${JSON.stringify(c)} must be lowercase letters and digits, separated by '.', '_', '__' or '-'`,
+      );
+    }
+  }
+}
+
+export function validateTag(tag: string): void {
+  if (!TAG.test(tag)) {
+    throw new InvalidTagError(tag, 'a tag is up to 128 letters, digits, ".", "_" and "-", not starting with "." or "-"');
+  }
+}
+
+export function parseImageName(name: string, tag: string): ImageSpec {
+  validateName(name);
+  validateTag(tag);
+  const components = name.split('/');
+  let arch = AMD64;
+  const packages = new Set<string>(ALWAYS_INCLUDED);
+  let i = 0;
+  for (; i < components.length; i++) {
+    const c = components[i]!;
+    if (c === 'arm64') arch = ARM64;
+    else if (c === 'shell') SHELL_PACKAGES.forEach((p) => packages.add(p));
+    else break;
+  }
+  for (; i < components.length; i++) packages.add(components[i]!);
+  return { name, tag, packages: [...packages].sort(), arch };
+}

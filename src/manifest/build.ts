@@ -1,0 +1,112 @@
+/**
+ * Image config and manifests, in both media types. Pure: layers come in as
+ * digests and sizes, JSON bytes go out with their digests.
+ *
+ * The config is the same bytes for both manifest flavours (the Docker and OCI
+ * config formats agree on every field we set), so a layer set has one config
+ * digest; only the descriptors' media types differ.
+ */
+import { createHash } from 'node:crypto';
+import type { Architecture } from '../image/name.js';
+
+export const MediaType = {
+  ociManifest: 'application/vnd.oci.image.manifest.v1+json',
+  ociConfig: 'application/vnd.oci.image.config.v1+json',
+  ociLayer: 'application/vnd.oci.image.layer.v1.tar+gzip',
+  dockerManifest: 'application/vnd.docker.distribution.manifest.v2+json',
+  dockerConfig: 'application/vnd.docker.container.image.v1+json',
+  dockerLayer: 'application/vnd.docker.image.rootfs.diff.tar.gzip',
+} as const;
+
+export type ManifestMediaType = typeof MediaType.ociManifest | typeof MediaType.dockerManifest;
+
+export interface LayerInfo {
+  /** sha256 of the gzip stream, as served. */
+  readonly digest: string;
+  readonly size: number;
+  /** sha256 of the uncompressed tar. */
+  readonly diffId: string;
+  /** What the layer holds, for the config's history. */
+  readonly description: string;
+}
+
+export interface Blob {
+  readonly bytes: Buffer;
+  readonly digest: string;
+  readonly size: number;
+  readonly mediaType: string;
+}
+
+/**
+ * Fixed creation time: a changing timestamp would give a new config digest
+ * (and image ID) on every build of the same content.
+ */
+export const CREATED = '1970-01-01T00:00:01Z';
+
+export interface ImageConfigInput {
+  readonly arch: Architecture;
+  /** Layers in manifest order (lowest first). */
+  readonly layers: readonly LayerInfo[];
+  /** Start `bash` by default, as Nixery does, when bashInteractive is in the image. */
+  readonly hasShell: boolean;
+}
+
+export function sha256Digest(bytes: Buffer): string {
+  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+}
+
+function blob(value: unknown, mediaType: string): Blob {
+  const bytes = Buffer.from(JSON.stringify(value));
+  return { bytes, digest: sha256Digest(bytes), size: bytes.length, mediaType };
+}
+
+export function buildImageConfig(input: ImageConfigInput): Blob {
+  const config: Record<string, unknown> = {
+    Env: ['PATH=/bin:/usr/bin:/sbin:/usr/sbin', 'SSL_CERT_FILE=/etc/ssl/certs/ca-bundle.crt'],
+  };
+  if (input.hasShell) config['Cmd'] = ['bash'];
+  return blob(
+    {
+      created: CREATED,
+      architecture: input.arch.ociArch,
+      os: 'linux',
+      config,
+      rootfs: { type: 'layers', diff_ids: input.layers.map((l) => l.diffId) },
+      history: input.layers.map((l) => ({ created: CREATED, created_by: `nixery-ts: ${l.description}` })),
+    },
+    // The config's own media type depends on the manifest that points at it;
+    // callers take it from the descriptor. OCI is recorded here for storage.
+    MediaType.ociConfig,
+  );
+}
+
+export function buildManifest(mediaType: ManifestMediaType, config: Blob, layers: readonly LayerInfo[]): Blob {
+  const oci = mediaType === MediaType.ociManifest;
+  return blob(
+    {
+      schemaVersion: 2,
+      mediaType,
+      config: { mediaType: oci ? MediaType.ociConfig : MediaType.dockerConfig, digest: config.digest, size: config.size },
+      layers: layers.map((l) => ({
+        mediaType: oci ? MediaType.ociLayer : MediaType.dockerLayer,
+        digest: l.digest,
+        size: l.size,
+      })),
+    },
+    mediaType,
+  );
+}
+
+/**
+ * Accept negotiation: OCI when the client lists it, otherwise Docker schema 2
+ * (which every client that speaks schema 2 understands). An absent Accept
+ * header gets Docker schema 2, as distribution does for old clients.
+ */
+export function negotiateManifestType(accept: string | undefined): ManifestMediaType {
+  const types = (accept ?? '')
+    .split(',')
+    .map((t) => t.split(';')[0]!.trim().toLowerCase())
+    .filter(Boolean);
+  if (types.includes(MediaType.ociManifest)) return MediaType.ociManifest;
+  return MediaType.dockerManifest;
+}

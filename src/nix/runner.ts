@@ -1,0 +1,242 @@
+/**
+ * The Nix boundary. The server never parses Nix's human output: names are
+ * resolved by `prepare-image/resolve-names.nix`, which answers in JSON with
+ * missing names as data; builds are realised with Nix's own timeouts; the
+ * closure graph comes from `nix path-info --json`.
+ *
+ * Every Nix process runs in its own process group. On timeout or abort the
+ * group gets SIGTERM (nix-store then stops its builders, which run as nixbld
+ * users in sessions of their own and would survive a SIGKILL of nix-store),
+ * and SIGKILL if it is still there after a grace period.
+ */
+import { execa } from 'execa';
+import path from 'node:path';
+import pLimit from 'p-limit';
+import { BuildAbortedError, NixBuildError, PackagesNotFoundError, type MissingPackage } from '../errors.js';
+import { makeClosureGraph, type ClosureGraph } from '../layers/graph.js';
+
+/** Where the package set comes from, as passed to prepare-image/load-pkgs.nix. */
+export type NixSource =
+  | { readonly srcType: 'path'; readonly path: string }
+  | { readonly srcType: 'git'; readonly url: string; readonly rev: string; readonly ref: string }
+  | { readonly srcType: 'tarball'; readonly url: string; readonly sha256?: string };
+
+export interface ResolvedPackage {
+  /** The name as requested. */
+  readonly name: string;
+  /** The attribute path it was found under (case-corrected, `_` prefixed). */
+  readonly attr: string;
+  readonly drv: string;
+  readonly out: string;
+}
+
+export interface NixCallOptions {
+  readonly signal?: AbortSignal;
+}
+
+export interface NixRunner {
+  /** Names -> derivations, without building. Throws PackagesNotFoundError naming every missing one. */
+  resolve(source: NixSource, packages: readonly string[], system: string, opts?: NixCallOptions): Promise<ResolvedPackage[]>;
+  /** Builds (or substitutes) the derivations. Throws NixBuildError. */
+  realise(drvs: readonly string[], opts?: NixCallOptions): Promise<void>;
+  /** The runtime closure of the given store paths. */
+  closure(paths: readonly string[], opts?: NixCallOptions): Promise<ClosureGraph>;
+}
+
+export interface NixRunnerStats {
+  evaluations: number;
+  realisations: number;
+  pathInfos: number;
+  /** Nix processes running right now. */
+  running: number;
+}
+
+export interface ExecaNixRunnerOptions {
+  /** Directory with load-pkgs.nix and resolve-names.nix. */
+  readonly prepareImageDir: string;
+  /** NIX_TIMEOUT: seconds a build may run, and stay silent. */
+  readonly timeoutSeconds: number;
+  /** No substituters: for package sets that are entirely local (no 4.5 s wait on an unreachable cache per call). */
+  readonly offline: boolean;
+  /** Extra arguments for the package set's import, e.g. { salt } in tests. */
+  readonly importArgs?: Readonly<Record<string, unknown>>;
+  /**
+   * Concurrent realisations. Nix 2.8 re-checks a busy store-path lock only
+   * every 5 s, so racing realisations of overlapping closures is slower than
+   * queueing them; the default is 1.
+   */
+  readonly realiseConcurrency?: number;
+  /** Seconds between SIGTERM and SIGKILL of a Nix process group. */
+  readonly killGraceSeconds?: number;
+  /** Extra environment for Nix (XDG_CACHE_HOME in tests). */
+  readonly env?: Readonly<Record<string, string>>;
+}
+
+/** Keep the end of stderr: that is where Nix puts the error. */
+const STDERR_LIMIT = 16 * 1024;
+
+export function tailOf(text: string, limit = STDERR_LIMIT): string {
+  const t = text.trim();
+  return t.length <= limit ? t : `…${t.slice(t.length - limit)}`;
+}
+
+/**
+ * Parses `nix path-info --json` output: Nix 2.8 prints an array of objects
+ * with a `path` field, Nix >= 2.19 an object keyed by store path, and the
+ * newest experimental format drops the /nix/store/ prefix.
+ */
+export function parsePathInfo(json: unknown, storeDir = '/nix/store'): { path: string; narSize: number; references: string[] }[] {
+  const full = (p: string) => (p.startsWith('/') ? p : `${storeDir}/${p}`);
+  const one = (p: unknown, v: unknown) => {
+    if (typeof p !== 'string' || typeof v !== 'object' || v === null) throw new Error('path-info: unexpected entry');
+    const o = v as { narSize?: unknown; references?: unknown };
+    if (typeof o.narSize !== 'number' || !Array.isArray(o.references)) {
+      throw new Error(`path-info: ${p} has no narSize/references (is it valid?)`);
+    }
+    return { path: full(p), narSize: o.narSize, references: o.references.map((r) => full(String(r))) };
+  };
+  if (Array.isArray(json)) return json.map((e) => one((e as { path?: unknown }).path, e));
+  if (typeof json === 'object' && json !== null) {
+    return Object.entries(json).map(([p, v]) => {
+      if (v === null) throw new Error(`path-info: ${p} is not valid in the store`);
+      return one(p, v);
+    });
+  }
+  throw new Error('path-info: expected a JSON array or object');
+}
+
+interface ResolveAnswer {
+  ok: ResolvedPackage[];
+  errors: { name: string; kind: MissingPackage['kind'] }[];
+}
+
+export class ExecaNixRunner implements NixRunner {
+  readonly stats: NixRunnerStats = { evaluations: 0, realisations: 0, pathInfos: 0, running: 0 };
+  private readonly realiseQueue: ReturnType<typeof pLimit>;
+
+  constructor(private readonly opts: ExecaNixRunnerOptions) {
+    this.realiseQueue = pLimit(opts.realiseConcurrency ?? 1);
+  }
+
+  private nixEnv(): Record<string, string> {
+    const extra = this.opts.offline ? 'substituters =' : '';
+    const nixConfig = [process.env['NIX_CONFIG'], extra].filter(Boolean).join('\n');
+    return { ...(nixConfig ? { NIX_CONFIG: nixConfig } : {}), ...this.opts.env };
+  }
+
+  /**
+   * Runs one Nix command in its own process group. `limitSeconds` is a
+   * backstop above Nix's own timeout: evaluation and lock waits are not
+   * covered by --timeout.
+   */
+  private async run(command: string, args: string[], limitSeconds: number, signal?: AbortSignal): Promise<string> {
+    if (signal?.aborted) throw new BuildAbortedError(String(signal.reason ?? 'aborted'));
+    const child = execa(command, args, {
+      detached: true,
+      reject: false,
+      env: this.nixEnv(),
+      stdin: 'ignore',
+      maxBuffer: 256 * 1024 * 1024,
+      // We stop the group ourselves (below): execa's own kill only reaches the leader.
+      cleanup: true,
+    });
+    this.stats.running++;
+    let stoppedFor: 'timeout' | 'abort' | undefined;
+    let exited = false;
+    const stop = (why: 'timeout' | 'abort') => {
+      if (exited || stoppedFor) return;
+      stoppedFor = why;
+      signalGroup(child.pid, 'SIGTERM');
+      setTimeout(() => {
+        if (!exited) signalGroup(child.pid, 'SIGKILL');
+      }, (this.opts.killGraceSeconds ?? 3) * 1000).unref();
+    };
+    const timer = setTimeout(() => stop('timeout'), limitSeconds * 1000);
+    const onAbort = () => stop('abort');
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      const r = await child;
+      exited = true;
+      if (stoppedFor === 'abort') throw new BuildAbortedError(String(signal?.reason ?? 'aborted'));
+      const stderr = typeof r.stderr === 'string' ? r.stderr : '';
+      if (r.exitCode !== 0 || stoppedFor === 'timeout') {
+        const name = `${path.basename(command)} ${args[0] ?? ''}`.trim();
+        // Nix: 100 = build failed, 101 = build failed and at least one timed out.
+        const timedOut = stoppedFor === 'timeout' || r.exitCode === 101;
+        throw new NixBuildError(name, r.exitCode, timedOut, tailOf(stderr));
+      }
+      return typeof r.stdout === 'string' ? r.stdout : '';
+    } finally {
+      exited = true;
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+      this.stats.running--;
+    }
+  }
+
+  private sourceArgs(source: NixSource): string[] {
+    const { srcType, ...srcArgs } = source;
+    return [
+      '--argstr', 'srcType', srcType,
+      '--argstr', 'srcArgs', JSON.stringify(srcArgs),
+      '--argstr', 'importArgs', JSON.stringify(this.opts.importArgs ?? {}),
+    ];
+  }
+
+  async resolve(source: NixSource, packages: readonly string[], system: string, opts: NixCallOptions = {}): Promise<ResolvedPackage[]> {
+    this.stats.evaluations++;
+    const stdout = await this.run(
+      'nix-instantiate',
+      [
+        '--eval', '--strict', '--json',
+        path.join(this.opts.prepareImageDir, 'resolve-names.nix'),
+        ...this.sourceArgs(source),
+        // Names reach Nix only as a JSON string, never as Nix source.
+        '--argstr', 'packages', JSON.stringify(packages),
+        '--argstr', 'system', system,
+      ],
+      this.opts.timeoutSeconds + 1,
+      opts.signal,
+    );
+    // Only parsed after a zero exit: on errors Nix leaves partial JSON on stdout.
+    const answer = JSON.parse(stdout) as ResolveAnswer;
+    if (answer.errors.length > 0) {
+      throw new PackagesNotFoundError(answer.errors.map((e) => ({ name: e.name, kind: e.kind })));
+    }
+    return answer.ok;
+  }
+
+  async realise(drvs: readonly string[], opts: NixCallOptions = {}): Promise<void> {
+    if (drvs.length === 0) return;
+    const t = String(this.opts.timeoutSeconds);
+    await this.realiseQueue(() => {
+      this.stats.realisations++;
+      return this.run(
+        'nix-store',
+        ['--realise', '--timeout', t, '--max-silent-time', t, ...drvs],
+        this.opts.timeoutSeconds + 1,
+        opts.signal,
+      );
+    });
+  }
+
+  async closure(paths: readonly string[], opts: NixCallOptions = {}): Promise<ClosureGraph> {
+    this.stats.pathInfos++;
+    const stdout = await this.run(
+      'nix',
+      ['--extra-experimental-features', 'nix-command', 'path-info', '--json', '--recursive', ...paths],
+      this.opts.timeoutSeconds + 1,
+      opts.signal,
+    );
+    return makeClosureGraph(paths, parsePathInfo(JSON.parse(stdout)));
+  }
+}
+
+function signalGroup(pid: number | undefined, sig: NodeJS.Signals): void {
+  if (pid === undefined) return;
+  try {
+    process.kill(-pid, sig);
+  } catch {
+    // The group is already gone.
+  }
+}

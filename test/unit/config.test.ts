@@ -1,0 +1,153 @@
+import { describe, expect, it } from 'vitest';
+import { DEFAULT_LAYER_BUDGET, loadConfig, parseConfig, type Env } from '../../src/config.js';
+import { ConfigError } from '../../src/errors.js';
+
+const base: Env = { NIXERY_PKGS_PATH: '/srv/pkgs', STORAGE_PATH: '/var/lib/nixery' };
+
+function problems(env: Env): string[] {
+  try {
+    parseConfig(env);
+  } catch (e) {
+    expect(e).toBeInstanceOf(ConfigError);
+    return [...(e as ConfigError).problems];
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('parseConfig', () => {
+  it('gives the documented defaults for a minimal configuration', () => {
+    const c = parseConfig(base);
+    expect(c).toMatchObject({
+      host: '0.0.0.0',
+      port: 8080,
+      pkgs: { kind: 'path', path: '/srv/pkgs' },
+      storage: { kind: 'filesystem', path: '/var/lib/nixery' },
+      nixTimeoutSeconds: 60,
+      layerBudget: DEFAULT_LAYER_BUDGET,
+      offline: false,
+      popularityUrl: undefined,
+      webDir: undefined,
+    });
+    expect(c.layerBudget).toBeLessThan(94);
+  });
+
+  it('reads every variable Nixery knows with the same meaning', () => {
+    const c = parseConfig({
+      PORT: '5000',
+      NIXERY_HOST: '127.0.0.1',
+      NIXERY_CHANNEL: 'nixos-unstable',
+      NIXERY_STORAGE_BACKEND: 'gcs',
+      GCS_BUCKET: 'layers',
+      GOOGLE_APPLICATION_CREDENTIALS: '/secrets/key.json',
+      NIX_TIMEOUT: '120',
+      NIX_POPULARITY_URL: 'https://example.org/popularity.json',
+      WEB_DIR: '/srv/web',
+      NIXERY_LAYER_BUDGET: '40',
+      NIXERY_OFFLINE: 'true',
+    });
+    expect(c).toMatchObject({
+      host: '127.0.0.1',
+      port: 5000,
+      pkgs: { kind: 'channel', channel: 'nixos-unstable' },
+      storage: { kind: 'gcs', bucket: 'layers', credentialsFile: '/secrets/key.json', signedUrlTtlSeconds: 300 },
+      nixTimeoutSeconds: 120,
+      popularityUrl: 'https://example.org/popularity.json',
+      webDir: '/srv/web',
+      layerBudget: 40,
+      offline: true,
+    });
+  });
+
+  it('accepts a git repository as the package source', () => {
+    expect(parseConfig({ ...base, NIXERY_PKGS_PATH: undefined, NIXERY_PKGS_REPO: 'git@github.com:org/pkgs.git' }).pkgs)
+      .toEqual({ kind: 'git', repository: 'git@github.com:org/pkgs.git' });
+  });
+
+  it('infers the storage backend from STORAGE_PATH or GCS_BUCKET when it is not named', () => {
+    expect(parseConfig(base).storage.kind).toBe('filesystem');
+    expect(parseConfig({ NIXERY_PKGS_PATH: '/p', GCS_BUCKET: 'b' }).storage.kind).toBe('gcs');
+  });
+
+  it('rejects two package sources, naming both', () => {
+    expect(problems({ ...base, NIXERY_CHANNEL: 'nixos-unstable' })).toEqual([
+      'NIXERY_CHANNEL: only one package source may be set, but NIXERY_CHANNEL and NIXERY_PKGS_PATH are set',
+    ]);
+  });
+
+  it('rejects no package source', () => {
+    expect(problems({ STORAGE_PATH: '/s' })).toEqual([
+      'NIXERY_CHANNEL: no package source: set one of NIXERY_CHANNEL, NIXERY_PKGS_REPO or NIXERY_PKGS_PATH',
+    ]);
+  });
+
+  it('rejects NIX_TIMEOUT=abc and out-of-range numbers', () => {
+    expect(problems({ ...base, NIX_TIMEOUT: 'abc' })).toEqual(['NIX_TIMEOUT: "abc" is not a whole number']);
+    expect(problems({ ...base, NIX_TIMEOUT: '0' })).toEqual(['NIX_TIMEOUT: 0 is out of range (1..86400)']);
+    expect(problems({ ...base, PORT: '70000' })).toEqual(['PORT: 70000 is out of range (0..65535)']);
+    expect(problems({ ...base, NIXERY_LAYER_BUDGET: '200' })).toEqual(['NIXERY_LAYER_BUDGET: 200 is out of range (2..125)']);
+  });
+
+  it('rejects an unknown storage backend and missing backend settings', () => {
+    expect(problems({ ...base, NIXERY_STORAGE_BACKEND: 's3' })).toEqual([
+      'NIXERY_STORAGE_BACKEND: "s3" is not a storage backend (use filesystem or gcs)',
+    ]);
+    expect(problems({ NIXERY_PKGS_PATH: '/p', NIXERY_STORAGE_BACKEND: 'gcs' })).toEqual([
+      'GCS_BUCKET: required by the gcs storage backend',
+    ]);
+    expect(problems({ NIXERY_PKGS_PATH: '/p', NIXERY_STORAGE_BACKEND: 'filesystem' })).toEqual([
+      'STORAGE_PATH: required by the filesystem storage backend',
+    ]);
+    expect(problems({ NIXERY_PKGS_PATH: '/p' })).toEqual([
+      'NIXERY_STORAGE_BACKEND: not set: use filesystem (with STORAGE_PATH) or gcs (with GCS_BUCKET)',
+    ]);
+  });
+
+  it('rejects relative paths, bad URLs and bad booleans', () => {
+    expect(problems({ ...base, STORAGE_PATH: 'data' })).toEqual(['STORAGE_PATH: "data" must be an absolute path']);
+    expect(problems({ ...base, NIX_POPULARITY_URL: 'ftp://x/y' })).toEqual([
+      'NIX_POPULARITY_URL: "ftp://x/y" must use http: or https: or file:',
+    ]);
+    expect(problems({ ...base, NIX_POPULARITY_URL: 'not a url' })).toEqual(['NIX_POPULARITY_URL: "not a url" is not a URL']);
+    expect(problems({ ...base, NIXERY_OFFLINE: 'maybe' })).toEqual([
+      'NIXERY_OFFLINE: "maybe" is not a boolean (use true or false)',
+    ]);
+    expect(problems({ ...base, NIXERY_CHANNEL_URL: 'https://x/y.tar.gz' })).toEqual([
+      'NIXERY_CHANNEL_URL: "https://x/y.tar.gz" must contain the placeholder {rev}',
+    ]);
+  });
+
+  it('reports every problem at once, one line each naming its variable', () => {
+    const p = problems({ NIXERY_PKGS_PATH: 'rel', NIXERY_CHANNEL: 'c', NIX_TIMEOUT: 'abc', PORT: 'x' });
+    expect(p).toHaveLength(5);
+    for (const line of p) {
+      expect(line).toMatch(/^[A-Z_]+: /);
+      expect(line).not.toContain('\n');
+    }
+    expect(p.map((l) => l.split(':')[0]).sort()).toEqual(
+      ['NIXERY_CHANNEL', 'NIXERY_PKGS_PATH', 'NIXERY_STORAGE_BACKEND', 'NIX_TIMEOUT', 'PORT'].sort(),
+    );
+  });
+
+  it('treats empty variables as unset', () => {
+    expect(parseConfig({ ...base, NIXERY_CHANNEL: '', NIX_TIMEOUT: ' ' }).nixTimeoutSeconds).toBe(60);
+  });
+});
+
+describe('loadConfig', () => {
+  it('adds probe problems (a storage directory without user xattrs) to the parse problems', async () => {
+    const err = await loadConfig(
+      { ...base, NIX_TIMEOUT: 'abc' },
+      { storageDirectory: async (p) => `the filesystem of ${p} does not support user extended attributes` },
+    ).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(ConfigError);
+    expect((err as ConfigError).problems).toEqual([
+      'NIX_TIMEOUT: "abc" is not a whole number',
+      'STORAGE_PATH: the filesystem of /var/lib/nixery does not support user extended attributes',
+    ]);
+  });
+
+  it('passes when every probe is happy', async () => {
+    const c = await loadConfig(base, { storageDirectory: async () => undefined, packagePath: async () => undefined });
+    expect(c.storage).toEqual({ kind: 'filesystem', path: '/var/lib/nixery' });
+  });
+});
