@@ -8,5 +8,8 @@ export default defineConfig({
     hookTimeout: 180_000,
     // Two cores: integration files each start servers and Nix processes.
     maxWorkers: 2,
+    // The demo package set is local: never wait on an unreachable binary cache.
+    env: { NIX_CONFIG: 'substituters =' },
+    globalSetup: ['test/helpers/global-setup.ts'],
   },
 });

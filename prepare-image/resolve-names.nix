@@ -41,7 +41,7 @@
 }:
 
 let
-  inherit (builtins) attrNames filter hasAttr head isAttrs isString length
+  inherit (builtins) attrNames filter hasAttr head isAttrs isString
     listToAttrs map substring tail tryEval;
 
   pkgs = import ./load-pkgs.nix { inherit srcType srcArgs system importArgs; };
@@ -110,11 +110,13 @@ let
     let
       found = lookup name;
       v = found.value;
-      drv = tryEval v.drvPath;
-      out = tryEval v.outPath;
+      # `or null`: a missing attribute is an error tryEval cannot catch.
+      drv = tryEval (v.drvPath or null);
+      out = tryEval (v.outPath or null);
+      usable = r: r.success && isString r.value;
     in
     if found == null then { inherit name; kind = "not_found"; }
-    else if !(isDerivation v && drv.success && out.success)
+    else if !(isDerivation v && usable drv && usable out)
     then { inherit name; kind = "not_a_derivation"; }
     # The key is `out`, not `outPath`: toJSON turns any set that has an
     # outPath into just that string.
@@ -127,7 +129,10 @@ let
 
   results = map resolve names;
 in
-{
+# Load the set even for an empty request, so that a bad source is an error
+# (rc 1) rather than an empty, successful answer.
+if !(isAttrs pkgs) then throw "resolve-names: the package source is not an attribute set"
+else {
   ok = filter (r: !(r ? kind)) results;
   errors = filter (r: r ? kind) results;
 }

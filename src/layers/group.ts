@@ -77,8 +77,8 @@
  *   - Paths not reachable from the requested ones (absent from a real
  *     closure) get an edge from `img` instead of being dropped, so every path
  *     lands in exactly one layer.
- *   - Ties (equal ratings) are broken by path; Go's sort.Slice leaves them to
- *     chance.
+ *   - Equal ratings are ordered by path; Go's sort.Slice leaves their order
+ *     unspecified.
  */
 import type { ClosureGraph } from './graph.js';
 import { POPULAR_THRESHOLD, popularityOf, type Popularity } from './popularity.js';
@@ -153,17 +153,19 @@ export function groupLayers(graph: ClosureGraph, popularity: Popularity, budget:
 
 /** Whether each node's closure (itself plus everything it reaches) exceeds SIZE_THRESHOLD. */
 function bigClosures(succ: readonly (readonly number[])[], size: readonly number[]): boolean[] {
-  // One DFS per node, stopped as soon as the threshold is passed: that bounds
-  // the walk for the many paths high up in a large closure, which would make
-  // this quadratic. `mark[v] === start` means v was counted for `start`.
-  const mark = succ.map(() => -1);
-  return succ.map((_, start) => {
+  // A DFS per node would be quadratic on large closures. Two shortcuts keep
+  // it cheap: a walk stops once past the threshold, and it stops on reaching
+  // a node already known to be big (its closure is part of this one), which
+  // postorder (references before referrers) makes the common case.
+  const big = succ.map(() => false);
+  const mark = succ.map(() => -1); // mark[v] === start: v counted for `start`
+  const isBig = (start: number): boolean => {
     let total = 0;
     const stack = [start];
     mark[start] = start;
     for (let v = stack.pop(); v !== undefined; v = stack.pop()) {
       total += size[v]!;
-      if (total > SIZE_THRESHOLD) return true;
+      if (total > SIZE_THRESHOLD || big[v]) return true;
       for (const w of succ[v]!) {
         if (mark[w] !== start) {
           mark[w] = start;
@@ -172,7 +174,9 @@ function bigClosures(succ: readonly (readonly number[])[], size: readonly number
       }
     }
     return false;
-  });
+  };
+  for (const v of postorder(succ, succ.keys())) big[v] = isBig(v);
+  return big;
 }
 
 /**
@@ -190,20 +194,28 @@ function connectCycles(succ: number[][]): void {
   }
 }
 
-/** Nodes reachable from the root, in DFS postorder (iterative: store graphs can be deep). */
-function postorder(succ: readonly (readonly number[])[]): number[] {
-  const seen = new Set([ROOT]);
+/**
+ * Nodes reachable from `starts` (default: the root), in DFS postorder.
+ * Iterative, because store graphs can be deeper than the call stack.
+ */
+function postorder(succ: readonly (readonly number[])[], starts: Iterable<number> = [ROOT]): number[] {
+  const seen = new Set<number>();
   const order: number[] = [];
-  const stack: { v: number; next: number }[] = [{ v: ROOT, next: 0 }];
-  while (stack.length > 0) {
-    const frame = stack[stack.length - 1]!;
-    const w = succ[frame.v]![frame.next++];
-    if (w === undefined) {
-      stack.pop();
-      order.push(frame.v);
-    } else if (!seen.has(w)) {
-      seen.add(w);
-      stack.push({ v: w, next: 0 });
+  const stack: { v: number; next: number }[] = [];
+  for (const start of starts) {
+    if (seen.has(start)) continue;
+    seen.add(start);
+    stack.push({ v: start, next: 0 });
+    while (stack.length > 0) {
+      const frame = stack[stack.length - 1]!;
+      const w = succ[frame.v]![frame.next++];
+      if (w === undefined) {
+        stack.pop();
+        order.push(frame.v);
+      } else if (!seen.has(w)) {
+        seen.add(w);
+        stack.push({ v: w, next: 0 });
+      }
     }
   }
   return order;

@@ -6,7 +6,7 @@
  * config formats agree on every field we set), so a layer set has one config
  * digest; only the descriptors' media types differ.
  */
-import { createHash } from 'node:crypto';
+import { sha256Digest } from '../digest.js';
 import type { Architecture } from '../image/name.js';
 
 export const MediaType = {
@@ -49,10 +49,6 @@ export interface ImageConfigInput {
   readonly layers: readonly LayerInfo[];
   /** Start `bash` by default, as Nixery does, when bashInteractive is in the image. */
   readonly hasShell: boolean;
-}
-
-export function sha256Digest(bytes: Buffer): string {
-  return `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
 }
 
 function blob(value: unknown, mediaType: string): Blob {

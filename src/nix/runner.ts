@@ -188,7 +188,9 @@ export class ExecaNixRunner implements NixRunner {
     const stdout = await this.run(
       'nix-instantiate',
       [
-        '--eval', '--strict', '--json',
+        // --read-write-mode: without it --eval computes drvPath but does not write
+        // the .drv, and realising a never-built package fails with "missing derivation".
+        '--eval', '--strict', '--json', '--read-write-mode',
         path.join(this.opts.prepareImageDir, 'resolve-names.nix'),
         ...this.sourceArgs(source),
         // Names reach Nix only as a JSON string, never as Nix source.

@@ -231,13 +231,33 @@ describe('groupLayers: what splits a path out', () => {
     ]);
   });
 
-  it('puts a path unreachable from the roots in a layer of its own', () => {
+  it('gives a path unreachable from the roots its own layer, with what only it uses', () => {
+    // Not in a real closure, but every path must land in a layer. The
+    // dependency sorts first, so picking "the first path not yet reached"
+    // would wrongly split lonely-lib from lonely.
+    expect(sp('lonely-lib') < sp('lonely')).toBe(true);
     const graph = graphOf(['app'], {
       app: { size: 2, refs: ['lib'] },
       lib: { size: 1 },
-      orphan: { size: 5, refs: ['lib'] },
+      lonely: { size: 5, refs: ['lib', 'lonely-lib'] },
+      'lonely-lib': { size: 5 },
     });
-    expect(names(groupLayers(graph, NO_POPULARITY, 10))).toEqual([['orphan'], ['app'], ['lib']]);
+    expect(names(groupLayers(graph, NO_POPULARITY, 10))).toEqual([['lonely', 'lonely-lib'], ['app'], ['lib']]);
+  });
+
+  it('keeps reference cycles (which Nix forbids) instead of dropping them', () => {
+    // app ─> x <─> y, and p <─> q referenced by nothing else
+    const graph = graphOf(['app'], {
+      app: { size: 10, refs: ['x'] },
+      x: { size: 1, refs: ['y'] },
+      y: { size: 1, refs: ['x'] },
+      p: { size: 1, refs: ['q'] },
+      q: { size: 1, refs: ['p'] },
+    });
+    expect(names(groupLayers(graph, NO_POPULARITY, 10))).toEqual([
+      ['app', 'x', 'y'],
+      ['p', 'q'],
+    ]);
   });
 });
 

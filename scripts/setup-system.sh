@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what nixery-ts needs from Debian and configures Nix for a machine
+# without a Nix daemon (root, single-user store). Idempotent: safe to run on
+# every CI run and before every demo.
+#
+#   nix-bin                  Nix itself (2.8 on Debian 12)
+#   patchelf busybox-static htop jq git curl nano moreutils gcc
+#   ca-certificates netbase perl openssl
+#                            the Debian programs and files nix/demo-pkgs copies into the store
+#   skopeo umoci             registry clients the tests pull with
+set -euo pipefail
+
+PACKAGES=(
+  nix-bin
+  patchelf busybox-static htop jq git curl nano moreutils gcc ca-certificates netbase perl openssl
+  skopeo umoci
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q "${missing[@]}"
+fi
+
+# Nix without a daemon, as root: builds must not use the sandbox (the demo
+# package set copies programs from the host) and the nix command is needed
+# for `nix path-info --json`.
+conf=/etc/nix/nix.conf
+mkdir -p /etc/nix
+touch "$conf"
+ensure() { # key value
+  if grep -qE "^[[:space:]]*$1[[:space:]]*=" "$conf"; then
+    sed -i -E "s|^[[:space:]]*$1[[:space:]]*=.*|$1 = $2|" "$conf"
+  else
+    echo "$1 = $2" >> "$conf"
+  fi
+}
+ensure sandbox false
+ensure experimental-features nix-command
+# Debian's nix-bin creates the nixbld group and users; make sure the store exists.
+mkdir -p /nix/store
+echo "setup: system ready ($(nix --version))"
