@@ -121,3 +121,11 @@ export class StorageError extends NixeryError {
     super(message, options);
   }
 }
+
+/** A Range header outside the blob. */
+export class RangeNotSatisfiableError extends NixeryError {
+  readonly code = 'RANGE_INVALID';
+  constructor(readonly range: string, readonly size: number) {
+    super(`range ${JSON.stringify(range)} is not satisfiable for a blob of ${size} bytes`);
+  }
+}

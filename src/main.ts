@@ -3,12 +3,24 @@
  * starts the HTTP server and shuts down cleanly on SIGTERM/SIGINT.
  */
 import { serve } from '@hono/node-server';
-import { stat } from 'node:fs/promises';
-import { Hono } from 'hono';
-import { loadConfig } from './config.js';
+import { readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { loadConfig, type Config } from './config.js';
 import { ConfigError } from './errors.js';
-import { createLogger } from './log.js';
+import { createApp } from './http/app.js';
+import { packLayer } from './layers/pack.js';
+import { parsePopularity, type Popularity } from './layers/popularity.js';
+import { storePathEntries, symlinkLayerEntries } from './layers/walk.js';
+import { createLogger, type Logger } from './log.js';
+import { ExecaNixRunner } from './nix/runner.js';
+import { PathSource, type PackageSourceResolver } from './nix/sources.js';
+import { ImageService } from './service/build-image.js';
+import type { StorageBackend } from './storage/backend.js';
+import { FilesystemStorage } from './storage/filesystem.js';
 import { probeStorageDirectory } from './storage/xattr-probe.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 async function isDirectory(p: string): Promise<string | undefined> {
   try {
@@ -18,9 +30,46 @@ async function isDirectory(p: string): Promise<string | undefined> {
   }
 }
 
+function fail(lines: readonly string[]): never {
+  for (const l of lines) process.stderr.write(`nixery-ts: configuration error: ${l}\n`);
+  process.exit(2);
+}
+
+async function loadPopularity(url: string | undefined): Promise<Popularity> {
+  if (url === undefined) return new Map();
+  try {
+    const text = url.startsWith('file:')
+      ? await readFile(fileURLToPath(url), 'utf8')
+      : await (async () => {
+          const res = await fetch(url, { signal: AbortSignal.timeout(30_000) });
+          if (!res.ok) throw new Error(`HTTP ${res.status}`);
+          return res.text();
+        })();
+    return parsePopularity(JSON.parse(text));
+  } catch (e) {
+    fail([`NIX_POPULARITY_URL: cannot load ${url}: ${(e as Error).message}`]);
+  }
+}
+
+function makeSource(config: Config): PackageSourceResolver {
+  switch (config.pkgs.kind) {
+    case 'path':
+      return new PathSource(config.pkgs.path);
+    case 'git':
+      fail(['NIXERY_PKGS_REPO: git package sources are not implemented yet (use NIXERY_PKGS_PATH with a checkout)']);
+    case 'channel':
+      fail(['NIXERY_CHANNEL: channel package sources are not implemented yet (use NIXERY_PKGS_PATH with a checkout)']);
+  }
+}
+
+async function makeStorage(config: Config): Promise<StorageBackend> {
+  if (config.storage.kind === 'filesystem') return FilesystemStorage.open(config.storage.path);
+  fail(['NIXERY_STORAGE_BACKEND: the gcs backend is not implemented yet']);
+}
+
 async function main(): Promise<void> {
-  const log = createLogger({ level: process.env['NIXERY_LOG_LEVEL'] });
-  let config;
+  const log: Logger = createLogger({ level: process.env['NIXERY_LOG_LEVEL'] });
+  let config: Config;
   try {
     config = await loadConfig(process.env, {
       storageDirectory: probeStorageDirectory,
@@ -28,25 +77,63 @@ async function main(): Promise<void> {
       directory: isDirectory,
     });
   } catch (e) {
-    if (e instanceof ConfigError) {
-      for (const p of e.problems) process.stderr.write(`nixery-ts: configuration error: ${p}\n`);
-      process.exit(2);
-    }
+    if (e instanceof ConfigError) fail(e.problems);
     throw e;
   }
 
-  const app = new Hono();
-  app.get('/v2/', (c) => c.json({}, 200, { 'Docker-Distribution-API-Version': 'registry/2.0' }));
+  const shutdown = new AbortController();
+  const storage = await makeStorage(config);
+  const source = makeSource(config);
+  const nix = new ExecaNixRunner({
+    prepareImageDir: config.prepareImageDir ?? path.join(ROOT, 'prepare-image'),
+    timeoutSeconds: config.nixTimeoutSeconds,
+    offline: config.offline,
+    ...(process.env['NIXERY_TEST_IMPORT_ARGS'] ? { importArgs: JSON.parse(process.env['NIXERY_TEST_IMPORT_ARGS']) } : {}),
+  });
+  const service = new ImageService({
+    nix,
+    storage,
+    source,
+    log,
+    reader: { storePathEntries: (p) => storePathEntries(p), symlinkLayerEntries: (r) => symlinkLayerEntries(r) },
+    pack: (entries, out, opts) => packLayer(entries, out, opts),
+    popularity: await loadPopularity(config.popularityUrl),
+    layerBudget: config.layerBudget,
+    shutdown: shutdown.signal,
+  });
+  const app = createApp({
+    service,
+    storage,
+    log,
+    tags: () => source.tags(),
+    startPage: { webDir: config.webDir ?? path.join(ROOT, 'web'), source: source.description },
+    stats: () => ({ ...service.stats, nix: { ...nix.stats }, singleFlightWaiters: service.flights.waiters }),
+  });
 
   const server = serve({ fetch: app.fetch, hostname: config.host, port: config.port }, (info) => {
-    log.info({ host: info.address, port: info.port, pkgs: config.pkgs, storage: config.storage.kind }, 'listening');
+    log.info({ host: info.address, port: info.port, source: source.description, storage: config.storage.kind }, 'listening');
   });
-  const shutdown = (sig: string) => {
-    log.info({ signal: sig }, 'shutting down');
-    server.close(() => process.exit(0));
+
+  let stopping = false;
+  const stop = (sig: string) => {
+    if (stopping) return;
+    stopping = true;
+    const graceMs = Number(process.env['NIXERY_SHUTDOWN_GRACE_SECONDS'] ?? 10) * 1000;
+    log.info({ signal: sig, graceMs }, 'shutting down: no new connections, running builds get a grace period');
+    server.close(() => {
+      log.info('stopped');
+      process.exit(0);
+    });
+    // Builds still running after the grace period are aborted, which kills
+    // their Nix process groups; half-written blobs stay in staging only.
+    setTimeout(() => {
+      shutdown.abort(new Error('server shutting down'));
+      if ('closeAllConnections' in server) setTimeout(() => (server as import('node:http').Server).closeAllConnections(), 1000).unref();
+    }, graceMs).unref();
+    if ('closeIdleConnections' in server) (server as import('node:http').Server).closeIdleConnections();
   };
-  process.once('SIGTERM', () => shutdown('SIGTERM'));
-  process.once('SIGINT', () => shutdown('SIGINT'));
+  process.once('SIGTERM', () => stop('SIGTERM'));
+  process.once('SIGINT', () => stop('SIGINT'));
 }
 
 await main();

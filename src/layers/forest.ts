@@ -188,7 +188,24 @@ function flatten(dir: Map<string, Planned>, prefix: string, out: ForestEntry[]):
   }
 }
 
-/** Byte order of the UTF-8 encodings, which is what GNU tar's --sort=name and Go use. */
+/**
+ * Byte order of the UTF-8 encodings, which is what GNU tar's --sort=name and
+ * Go's sort.Strings give. Plain `<` on JS strings compares UTF-16 code units,
+ * which differs only where a surrogate pair (code point >= U+10000) meets a
+ * code unit in U+E000..U+FFFF; remapping those two ranges fixes that without
+ * encoding every name for every comparison.
+ */
 export function compareBytes(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) {
+    let x = a.charCodeAt(i);
+    let y = b.charCodeAt(i);
+    if (x === y) continue;
+    if (x >= 0xd800 && y >= 0xd800) {
+      x = x >= 0xe000 ? x - 0x800 : x + 0x2000;
+      y = y >= 0xe000 ? y - 0x800 : y + 0x2000;
+    }
+    return x < y ? -1 : 1;
+  }
+  return a.length === b.length ? 0 : a.length < b.length ? -1 : 1;
 }

@@ -207,6 +207,9 @@ async function writeFile(tarball: tar.Pack, header: TarHeader, entry: TarEntry):
   // tar-stream calls this once the body is complete or the entry failed
   // (including "Size mismatch" when a file changed while we read it).
   const sink = tarball.entry(header, (err) => settled(err));
+  // Failures reach us through the callback above; without a listener
+  // streamx would also raise them as uncaught 'error' events.
+  sink.on('error', () => {});
   // Attach before the first await so that a rejection never goes unhandled.
   done.catch(() => {});
 

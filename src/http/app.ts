@@ -1,0 +1,203 @@
+/**
+ * The HTTP surface: the pull side of the OCI distribution API under /v2/,
+ * the start page everywhere else. No build logic here: names are validated,
+ * requests are handed to the image service, errors go through errcode.ts.
+ */
+import { randomUUID } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { Hono, type Context } from 'hono';
+import { parseDigest } from '../digest.js';
+import { BlobNotFoundError, RangeNotSatisfiableError, UnsupportedError } from '../errors.js';
+import { parseImageName, validateName, validateTag } from '../image/name.js';
+import type { Logger } from '../log.js';
+import { negotiateManifestType } from '../manifest/build.js';
+import type { ImageService, ServedManifest } from '../service/build-image.js';
+import type { ByteRange, StorageBackend } from '../storage/backend.js';
+import { errorBody, toRegistryError } from './errcode.js';
+import { renderStartPage, type StartPageInfo } from './web.js';
+
+export interface AppDeps {
+  readonly service: ImageService;
+  readonly storage: StorageBackend;
+  readonly log: Logger;
+  /** The tags a repository name can be pulled with. */
+  readonly tags: () => Promise<string[]>;
+  readonly startPage: StartPageInfo;
+  /** Counters for operators and tests (builds run, cache hits, Nix calls). */
+  readonly stats: () => unknown;
+}
+
+type Env = { Variables: { requestId: string } };
+
+const API_VERSION = { 'Docker-Distribution-API-Version': 'registry/2.0' };
+
+/** `/v2/<name>/<kind>/<reference>`; the name itself contains slashes. */
+const ROUTE = /^\/v2\/(.+)\/(manifests|blobs|tags)\/([^/]+)$/;
+
+export function createApp(deps: AppDeps): Hono<Env> {
+  const app = new Hono<Env>();
+  const { log } = deps;
+
+  app.use('*', async function requestLog(c, next) {
+    const requestId = c.req.header('x-request-id') ?? randomUUID();
+    c.set('requestId', requestId);
+    const started = performance.now();
+    await next();
+    c.header('X-Request-Id', requestId);
+    log.info(
+      { requestId, method: c.req.method, path: c.req.path, status: c.res.status, ms: Math.round(performance.now() - started) },
+      'request',
+    );
+  });
+
+  app.onError((err, c) => {
+    const e = toRegistryError(err);
+    const requestId = c.get('requestId') ?? randomUUID();
+    if (e.fault) log.error({ requestId, err }, 'request failed');
+    const body = errorBody(e, requestId);
+    return reply(c, e.status, body, {
+      'Content-Type': 'application/json',
+      'Content-Length': String(Buffer.byteLength(body)),
+      ...API_VERSION,
+    });
+  });
+
+  app.on(['GET', 'HEAD'], ['/v2', '/v2/'], (c) => reply(c, 200, '{}', {
+    'Content-Type': 'application/json',
+    'Content-Length': '2',
+    ...API_VERSION,
+  }));
+
+  app.all('/v2/*', async (c) => {
+    const m = ROUTE.exec(c.req.path);
+    const method = c.req.method;
+    const readOnly = method === 'GET' || method === 'HEAD';
+    if (!m) {
+      // Uploads (/blobs/uploads/...), deletes and unknown routes.
+      throw new UnsupportedError(readOnly ? `${method} ${c.req.path}` : `${method} (pushing and deleting)`);
+    }
+    const [, name, kind, reference] = m as unknown as [string, string, string, string];
+    if (!readOnly || (kind === 'tags' && method !== 'GET')) throw new UnsupportedError(`${method} on ${kind} (pushing and deleting)`);
+    switch (kind) {
+      case 'manifests':
+        return manifest(c, name, reference);
+      case 'blobs':
+        return blob(c, name, reference);
+      default:
+        if (reference !== 'list') throw new UnsupportedError(`${method} ${c.req.path}`);
+        return tagsList(c, name);
+    }
+  });
+
+  async function manifest(c: Context<Env>, name: string, reference: string): Promise<Response> {
+    let served: ServedManifest;
+    if (reference.startsWith('sha256:') || reference.includes(':')) {
+      validateName(name);
+      served = await deps.service.manifestByDigest(parseDigest(reference));
+    } else {
+      const spec = parseImageName(name, reference);
+      served = await deps.service.manifest(spec, negotiateManifestType(c.req.header('accept')));
+    }
+    return reply(c, 200, new Uint8Array(served.bytes), {
+      'Content-Type': served.mediaType,
+      'Content-Length': String(served.bytes.length),
+      'Docker-Content-Digest': served.digest,
+      ...API_VERSION,
+    });
+  }
+
+  async function blob(c: Context<Env>, name: string, reference: string): Promise<Response> {
+    validateName(name);
+    const digest = parseDigest(reference);
+    const info = await deps.storage.statBlob(digest);
+    if (info === undefined) throw new BlobNotFoundError(digest);
+    const headers: Record<string, string> = {
+      'Content-Type': info.mediaType,
+      'Docker-Content-Digest': digest,
+      'Accept-Ranges': 'bytes',
+      // Content-addressed: the bytes under a digest never change.
+      'Cache-Control': 'public, max-age=31536000, immutable',
+      ETag: `"${digest}"`,
+      ...API_VERSION,
+    };
+    const rangeHeader = c.req.header('range');
+    const range = rangeHeader === undefined ? undefined : parseRange(rangeHeader, info.size);
+    if (c.req.method === 'HEAD') return reply(c, 200, null, { ...headers, 'Content-Length': String(info.size) });
+    const served = await deps.storage.serveBlob(digest, range);
+    if (served === undefined) throw new BlobNotFoundError(digest);
+    if (served.kind === 'redirect') {
+      return reply(c, 307, null, { Location: served.url, 'Docker-Content-Digest': digest, ...API_VERSION });
+    }
+    const body = Readable.toWeb(served.stream as Readable) as ReadableStream;
+    if (range) {
+      return reply(c, 206, body, {
+        ...headers,
+        'Content-Length': String(range.end - range.start + 1),
+        'Content-Range': `bytes ${range.start}-${range.end}/${info.size}`,
+      });
+    }
+    return reply(c, 200, body, { ...headers, 'Content-Length': String(info.size) });
+  }
+
+  async function tagsList(c: Context<Env>, name: string): Promise<Response> {
+    validateName(name);
+    const all = (await deps.tags()).filter((t) => {
+      try {
+        validateTag(t);
+        return true;
+      } catch {
+        return false;
+      }
+    }).sort();
+    // Pagination as in the distribution spec: n (count) and last (exclusive start).
+    const nRaw = c.req.query('n');
+    const last = c.req.query('last');
+    let tags = last === undefined ? all : all.filter((t) => t > last);
+    let link: string | undefined;
+    if (nRaw !== undefined && /^\d+$/.test(nRaw)) {
+      const n = Number(nRaw);
+      if (tags.length > n && n > 0) link = `</v2/${name}/tags/list?n=${n}&last=${encodeURIComponent(tags[n - 1]!)}>; rel="next"`;
+      tags = tags.slice(0, n);
+    }
+    return c.json({ name, tags }, 200, { ...API_VERSION, ...(link ? { Link: link } : {}) });
+  }
+
+  app.get('/debug/stats', (c) => c.json(deps.stats()));
+
+  app.on(['GET', 'HEAD'], '*', async (c) => {
+    const html = await renderStartPage(deps.startPage, {
+      host: c.req.header('host') ?? 'localhost',
+      recentErrors: deps.service.recentErrors.list(),
+    }, c.req.path);
+    if (html === undefined) return c.text('not found', 404);
+    return c.html(html);
+  });
+
+  return app;
+}
+
+/** A response whose headers are exactly these; HEAD gets the headers without the body. */
+function reply(c: Context, status: number, body: string | Uint8Array | ReadableStream | null, headers: Record<string, string>): Response {
+  if (c.req.method === 'HEAD' && body instanceof ReadableStream) void body.cancel();
+  return new Response(c.req.method === 'HEAD' ? null : body, { status, headers });
+}
+
+/** RFC 9110 single byte ranges: `bytes=a-b`, `bytes=a-`, `bytes=-n`. Multiple ranges get the whole blob. */
+export function parseRange(header: string, size: number): ByteRange | undefined {
+  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
+  if (!m || (m[1] === '' && m[2] === '')) return undefined;
+  let start: number;
+  let end: number;
+  if (m[1] === '') {
+    const suffix = Number(m[2]);
+    if (suffix === 0) throw new RangeNotSatisfiableError(header, size);
+    start = Math.max(0, size - suffix);
+    end = size - 1;
+  } else {
+    start = Number(m[1]);
+    end = m[2] === '' ? size - 1 : Math.min(Number(m[2]), size - 1);
+    if (m[2] !== '' && Number(m[2]) < start) return undefined; // invalid: ignore the header
+  }
+  if (start >= size) throw new RangeNotSatisfiableError(header, size);
+  return { start, end };
+}
