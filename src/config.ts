@@ -41,6 +41,8 @@ export interface Config {
   readonly offline: boolean;
   /** Directory holding the prepare-image Nix expressions; undefined means the bundled one. */
   readonly prepareImageDir: string | undefined;
+  /** Extra arguments for importing the package set, e.g. `{"config":{"allowUnfree":true}}`. */
+  readonly importArgs: Readonly<Record<string, unknown>>;
 }
 
 /** The default channel archive, as in Nixery: GitHub's tarball of a nixpkgs branch or commit. */
@@ -99,6 +101,19 @@ class Reader {
       return undefined;
     }
     return raw;
+  }
+
+  jsonObject(name: string): Record<string, unknown> {
+    const raw = this.str(name);
+    if (raw === undefined) return {};
+    try {
+      const v: unknown = JSON.parse(raw);
+      if (typeof v === 'object' && v !== null && !Array.isArray(v)) return v as Record<string, unknown>;
+    } catch {
+      // reported below
+    }
+    this.problem(name, 'must be a JSON object, e.g. {"config":{"allowUnfree":true}}');
+    return {};
   }
 
   url(name: string, protocols: readonly string[]): string | undefined {
@@ -197,6 +212,7 @@ export function parseConfig(env: Env): Config {
     layerBudget: r.int('NIXERY_LAYER_BUDGET', DEFAULT_LAYER_BUDGET, 2, MAX_LAYER_BUDGET),
     offline: r.bool('NIXERY_OFFLINE', false),
     prepareImageDir: r.absolutePath('NIXERY_PREPARE_IMAGE_DIR'),
+    importArgs: r.jsonObject('NIXERY_IMPORT_ARGS'),
   };
   if (r.problems.length > 0 || config.pkgs === undefined || config.storage === undefined) {
     throw new ConfigError(r.problems);

@@ -88,7 +88,7 @@ async function main(): Promise<void> {
     prepareImageDir: config.prepareImageDir ?? path.join(ROOT, 'prepare-image'),
     timeoutSeconds: config.nixTimeoutSeconds,
     offline: config.offline,
-    ...(process.env['NIXERY_TEST_IMPORT_ARGS'] ? { importArgs: JSON.parse(process.env['NIXERY_TEST_IMPORT_ARGS']) } : {}),
+    importArgs: config.importArgs,
   });
   const service = new ImageService({
     nix,

@@ -27,7 +27,7 @@ export interface AppDeps {
   readonly stats: () => unknown;
 }
 
-type Env = { Variables: { requestId: string } };
+type Env = { Variables: { requestId: string }; Bindings: { incoming?: { url?: string } } };
 
 const API_VERSION = { 'Docker-Distribution-API-Version': 'registry/2.0' };
 
@@ -60,6 +60,17 @@ export function createApp(deps: AppDeps): Hono<Env> {
       'Content-Length': String(Buffer.byteLength(body)),
       ...API_VERSION,
     });
+  });
+
+  // The URL parser resolves dot segments (/v2/../etc -> /etc) before routing;
+  // a registry must refuse such a name rather than serve another route.
+  app.use('*', async function dotSegments(c, next) {
+    const rawPath = (c.env?.incoming?.url ?? '').split('?')[0] ?? '';
+    if (rawPath.startsWith('/v2/') && /(^|\/)\.\.?(\/|$)/.test(rawPath)) {
+      const m = ROUTE.exec(rawPath);
+      validateName(m ? m[1]! : rawPath.slice(4));
+    }
+    await next();
   });
 
   app.on(['GET', 'HEAD'], ['/v2', '/v2/'], (c) => reply(c, 200, '{}', {

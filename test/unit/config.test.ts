@@ -128,6 +128,18 @@ describe('parseConfig', () => {
     );
   });
 
+  it('passes NIXERY_IMPORT_ARGS on as a JSON object and rejects anything else', () => {
+    expect(parseConfig({ ...base, NIXERY_IMPORT_ARGS: '{"config":{"allowUnfree":true}}' }).importArgs).toEqual({
+      config: { allowUnfree: true },
+    });
+    expect(parseConfig(base).importArgs).toEqual({});
+    for (const bad of ['[1]', 'nope', '3']) {
+      expect(problems({ ...base, NIXERY_IMPORT_ARGS: bad })).toEqual([
+        'NIXERY_IMPORT_ARGS: must be a JSON object, e.g. {"config":{"allowUnfree":true}}',
+      ]);
+    }
+  });
+
   it('treats empty variables as unset', () => {
     expect(parseConfig({ ...base, NIXERY_CHANNEL: '', NIX_TIMEOUT: ' ' }).nixTimeoutSeconds).toBe(60);
   });

@@ -1,0 +1,28 @@
+/**
+ * Real registry clients: skopeo to pull, umoci to unpack, chroot to run.
+ */
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+
+export async function sh(cmd: string, args: readonly string[], opts: { timeoutMs?: number } = {}): Promise<{ stdout: string; stderr: string }> {
+  return run(cmd, args as string[], { maxBuffer: 1 << 26, timeout: opts.timeoutMs ?? 120_000 });
+}
+
+/** skopeo copy docker://host/name:tag oci:dir:tag */
+export async function skopeoPull(ref: string, layoutDir: string): Promise<void> {
+  await sh('skopeo', ['copy', '--src-tls-verify=false', `docker://${ref}`, `oci:${layoutDir}:latest`]);
+}
+
+/** umoci unpack; returns the rootfs directory. */
+export async function unpack(layoutDir: string, bundle: string): Promise<string> {
+  await sh('umoci', ['unpack', '--image', `${layoutDir}:latest`, bundle]);
+  return `${bundle}/rootfs`;
+}
+
+/** Runs a program inside the unpacked image with an empty environment. */
+export async function inChroot(rootfs: string, argv: readonly string[]): Promise<string> {
+  const { stdout } = await sh('env', ['-i', 'PATH=/bin:/usr/bin', '/usr/sbin/chroot', rootfs, ...argv]);
+  return stdout;
+}

@@ -1,0 +1,102 @@
+/**
+ * Starts the compiled server (`node dist/main.js`, as `npm start` does) on
+ * 127.0.0.1 and a free port chosen by the OS, waits until it listens, and
+ * stops it by PID. Every server a test starts is stopped by that test.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { DEMO_PKGS, ROOT } from './nix.js';
+
+export interface RunningServer {
+  readonly url: string;
+  /** host:port, as used in image references. */
+  readonly host: string;
+  readonly pid: number;
+  readonly storagePath: string;
+  readonly logs: string[];
+  readonly process: ChildProcess;
+  stop(): Promise<number | null>;
+  /** Counters from /debug/stats. */
+  stats(): Promise<ServerStats>;
+}
+
+export interface ServerStats {
+  builds: number;
+  buildFailures: number;
+  manifestCacheHits: number;
+  manifestCacheMisses: number;
+  layersReused: number;
+  layersPacked: number;
+  singleFlightWaiters: number;
+  nix: { evaluations: number; realisations: number; pathInfos: number; running: number };
+}
+
+export async function scratchDir(prefix: string): Promise<{ path: string; remove: () => Promise<void> }> {
+  const p = await mkdtemp(path.join(tmpdir(), prefix));
+  return { path: p, remove: () => rm(p, { recursive: true, force: true }) };
+}
+
+export async function startServer(opts: { env?: Record<string, string>; storagePath?: string } = {}): Promise<RunningServer> {
+  const storagePath = opts.storagePath ?? (await scratchDir('nixery-store-')).path;
+  const child = spawn(process.execPath, [path.join(ROOT, 'dist/main.js')], {
+    env: {
+      PATH: process.env['PATH'] ?? '/usr/bin:/bin',
+      NIX_CONFIG: 'substituters =',
+      PORT: '0',
+      NIXERY_HOST: '127.0.0.1',
+      NIXERY_PKGS_PATH: DEMO_PKGS,
+      STORAGE_PATH: storagePath,
+      NIXERY_OFFLINE: 'true',
+      NIXERY_SHUTDOWN_GRACE_SECONDS: '2',
+      ...opts.env,
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const logs: string[] = [];
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const port = await new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`server did not start within 20 s:\n${logs.join('\n')}`)), 20_000);
+    let buf = '';
+    const onData = (d: Buffer) => {
+      buf += d.toString();
+      let i: number;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        logs.push(line);
+        if (line.includes('"msg":"listening"')) {
+          clearTimeout(timer);
+          resolve(JSON.parse(line).port as number);
+        }
+      }
+    };
+    child.stdout!.on('data', onData);
+    child.stderr!.on('data', (d: Buffer) => logs.push(d.toString()));
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`server exited with ${code} before listening:\n${logs.join('\n')}`));
+    });
+  });
+  const host = `127.0.0.1:${port}`;
+  return {
+    url: `http://${host}`,
+    host,
+    pid: child.pid!,
+    storagePath,
+    logs,
+    process: child,
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+      const code = await exited;
+      clearTimeout(timer);
+      return code;
+    },
+    async stats() {
+      return (await (await fetch(`http://${host}/debug/stats`)).json()) as ServerStats;
+    },
+  };
+}
