@@ -8,12 +8,19 @@
 #   ca-certificates netbase perl openssl
 #                            the Debian programs and files nix/demo-pkgs copies into the store
 #   skopeo umoci             registry clients the tests pull with
+#   podman containerd docker.io runc
+#                            container engines the tests start themselves (pull + run)
+#   docker-registry          CNCF distribution: the reference in bench/serve
+#   attr procps              getfattr and ps, used by tests
 set -euo pipefail
 
 PACKAGES=(
   nix-bin
   patchelf busybox-static htop jq git curl nano moreutils gcc ca-certificates netbase perl openssl
   skopeo umoci
+  podman containerd docker.io runc
+  docker-registry
+  attr procps
 )
 
 missing=()

@@ -6,8 +6,16 @@ import { promisify } from 'node:util';
 
 const run = promisify(execFile);
 
-export async function sh(cmd: string, args: readonly string[], opts: { timeoutMs?: number } = {}): Promise<{ stdout: string; stderr: string }> {
-  return run(cmd, args as string[], { maxBuffer: 1 << 26, timeout: opts.timeoutMs ?? 120_000 });
+export async function sh(
+  cmd: string,
+  args: readonly string[],
+  opts: { timeoutMs?: number; env?: Record<string, string> } = {},
+): Promise<{ stdout: string; stderr: string }> {
+  return run(cmd, args as string[], {
+    maxBuffer: 1 << 26,
+    timeout: opts.timeoutMs ?? 120_000,
+    ...(opts.env ? { env: { ...process.env, ...opts.env } } : {}),
+  });
 }
 
 /** skopeo copy docker://host/name:tag oci:dir:tag */

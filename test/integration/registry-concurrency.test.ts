@@ -1,0 +1,86 @@
+/**
+ * Many clients at once, and a server killed in the middle of a build.
+ */
+import { createHash } from 'node:crypto';
+import { afterAll, describe, expect, it } from 'vitest';
+import { skopeoPull } from '../helpers/clients.js';
+import { demoSource, freshSalt, makeRunner, processesMatching } from '../helpers/nix.js';
+import { scratchDir, startServer, type RunningServer } from '../helpers/server.js';
+
+const OCI = 'application/vnd.oci.image.manifest.v1+json';
+const servers: RunningServer[] = [];
+const dirs: { remove: () => Promise<void> }[] = [];
+afterAll(async () => {
+  for (const s of servers) await s.stop();
+  for (const d of dirs) await d.remove();
+});
+
+async function start(env: Record<string, string>, storagePath?: string): Promise<RunningServer> {
+  const s = await startServer({ env, ...(storagePath ? { storagePath } : {}) });
+  servers.push(s);
+  return s;
+}
+
+async function until(what: string, cond: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe('concurrent cold pulls', () => {
+  it('20 skopeo pulls of a new image run one Nix build and all succeed; a repeat runs no Nix process', async () => {
+    // A fresh salt gives every package new store paths: really cold.
+    const server = await start({ NIXERY_IMPORT_ARGS: JSON.stringify({ salt: freshSalt() }) });
+    const scratch = await scratchDir('nixery-conc-');
+    dirs.push(scratch);
+    await Promise.all(
+      Array.from({ length: 20 }, (_, i) => skopeoPull(`${server.host}/shell/htop`, `${scratch.path}/p${i}`)),
+    );
+    const stats = await server.stats();
+    expect(stats.builds).toBe(1);
+    expect(stats.nix.evaluations).toBe(1);
+    expect(stats.nix.realisations).toBe(1);
+    expect(stats.buildFailures).toBe(0);
+    expect(stats.singleFlightWaiters).toBeGreaterThan(0);
+
+    await skopeoPull(`${server.host}/shell/htop`, `${scratch.path}/again`);
+    const head = await fetch(`${server.url}/v2/shell/htop/manifests/latest`, { method: 'HEAD', headers: { Accept: OCI } });
+    expect(head.status).toBe(200);
+    const after = await server.stats();
+    expect(after.nix).toEqual({ ...stats.nix, running: 0 });
+    expect(after.builds).toBe(1);
+    expect(after.manifestCacheHits).toBeGreaterThan(stats.manifestCacheHits);
+  });
+});
+
+describe('crash in the middle of a build', () => {
+  it('after SIGKILL and a restart on the same storage, the pull succeeds and every blob matches its digest', async () => {
+    const salt = freshSalt();
+    const env = { NIXERY_IMPORT_ARGS: JSON.stringify({ salt, largeBlobMiB: 48 }) };
+    const storage = await scratchDir('nixery-crash-');
+    dirs.push(storage);
+    const first = await start(env, storage.path);
+    const pending = fetch(`${first.url}/v2/shell/htop/large-blob/manifests/latest`).catch(() => undefined);
+    await until('the build to reach Nix', async () => (await first.stats()).nix.realisations > 0);
+    first.process.kill('SIGKILL');
+    await pending;
+    // nix-store runs in its own process group and finishes its builds on its own;
+    // wait (bounded) for those orphans so that nothing outlives the test.
+    const drvs = (await makeRunner({ importArgs: { salt, largeBlobMiB: 48 } }).resolve(demoSource, ['htop'], 'x86_64-linux')).map((p) => p.drv);
+    await until('orphaned Nix processes to finish', async () => (await processesMatching(drvs[0]!.slice(11, 43))).length === 0, 120_000);
+
+    const second = await start(env, storage.path);
+    const res = await fetch(`${second.url}/v2/shell/htop/large-blob/manifests/latest`, { headers: { Accept: OCI } });
+    expect(res.status).toBe(200);
+    const manifest = await res.json() as { config: { digest: string }; layers: { digest: string; size: number }[] };
+    for (const blob of [manifest.config, ...manifest.layers]) {
+      const b = Buffer.from(await (await fetch(`${second.url}/v2/shell/htop/large-blob/blobs/${blob.digest}`)).arrayBuffer());
+      expect(`sha256:${createHash('sha256').update(b).digest('hex')}`).toBe(blob.digest);
+    }
+    const scratch = await scratchDir('nixery-crash-pull-');
+    dirs.push(scratch);
+    await skopeoPull(`${second.host}/shell/htop/large-blob`, `${scratch.path}/img`);
+  });
+});
