@@ -41,6 +41,8 @@ export interface Config {
   readonly offline: boolean;
   /** Directory holding the prepare-image Nix expressions; undefined means the bundled one. */
   readonly prepareImageDir: string | undefined;
+  /** Seconds running builds may still finish after SIGTERM before they are aborted. */
+  readonly shutdownGraceSeconds: number;
   /** Extra arguments for importing the package set, e.g. `{"config":{"allowUnfree":true}}`. */
   readonly importArgs: Readonly<Record<string, unknown>>;
 }
@@ -213,6 +215,8 @@ export function parseConfig(env: Env): Config {
     offline: r.bool('NIXERY_OFFLINE', false),
     prepareImageDir: r.absolutePath('NIXERY_PREPARE_IMAGE_DIR'),
     importArgs: r.jsonObject('NIXERY_IMPORT_ARGS'),
+    // Kubernetes waits 30 s (terminationGracePeriodSeconds) before SIGKILL.
+    shutdownGraceSeconds: r.int('NIXERY_SHUTDOWN_GRACE_SECONDS', 20, 0, 3600),
   };
   if (r.problems.length > 0 || config.pkgs === undefined || config.storage === undefined) {
     throw new ConfigError(r.problems);

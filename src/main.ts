@@ -118,7 +118,7 @@ async function main(): Promise<void> {
   const stop = (sig: string) => {
     if (stopping) return;
     stopping = true;
-    const graceMs = Number(process.env['NIXERY_SHUTDOWN_GRACE_SECONDS'] ?? 10) * 1000;
+    const graceMs = config.shutdownGraceSeconds * 1000;
     log.info({ signal: sig, graceMs }, 'shutting down: no new connections, running builds get a grace period');
     server.close(() => {
       log.info('stopped');

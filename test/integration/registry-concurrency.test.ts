@@ -84,3 +84,26 @@ describe('crash in the middle of a build', () => {
     await skopeoPull(`${second.host}/shell/htop/large-blob`, `${scratch.path}/img`);
   });
 });
+
+describe('graceful shutdown', () => {
+  it('on SIGTERM mid-build: the client gets a registry error, the server exits 0 and no Nix process is left', async () => {
+    const slowSeconds = 277;
+    const server = await start({
+      NIXERY_IMPORT_ARGS: JSON.stringify({ salt: freshSalt(), slowSeconds }),
+      NIXERY_SHUTDOWN_GRACE_SECONDS: '1',
+    });
+    const pending = fetch(`${server.url}/v2/slow-chatty-build/manifests/latest`).then(
+      async (r) => ({ status: r.status, body: await r.text() }),
+      () => ({ status: 0, body: 'connection closed' }),
+    );
+    await until('the slow build to run', async () => (await processesMatching(`-lt ${slowSeconds}`)).length > 0);
+    const started = Date.now();
+    const code = await server.stop();
+    expect(code).toBe(0);
+    expect(Date.now() - started).toBeLessThan(10_000);
+    const answer = await pending;
+    expect(answer.status).toBe(503);
+    expect(JSON.parse(answer.body).errors[0].code).toBe('UNAVAILABLE');
+    expect(await processesMatching(`-lt ${slowSeconds}`)).toEqual([]);
+  });
+});
