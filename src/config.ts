@@ -11,7 +11,7 @@ import { ConfigError } from './errors.js';
 export type Env = Readonly<Record<string, string | undefined>>;
 
 export type PackageSource =
-  | { readonly kind: 'channel'; readonly channel: string; readonly urlTemplate: string }
+  | { readonly kind: 'channel'; readonly channel: string; readonly urlTemplate: string; readonly revisionUrlTemplate: string }
   | { readonly kind: 'git'; readonly repository: string }
   | { readonly kind: 'path'; readonly path: string };
 
@@ -41,6 +41,8 @@ export interface Config {
   readonly offline: boolean;
   /** Directory holding the prepare-image Nix expressions; undefined means the bundled one. */
   readonly prepareImageDir: string | undefined;
+  /** Seconds a resolved git ref or channel revision is trusted before asking again. */
+  readonly revisionTtlSeconds: number;
   /** Seconds running builds may still finish after SIGTERM before they are aborted. */
   readonly shutdownGraceSeconds: number;
   /** Extra arguments for importing the package set, e.g. `{"config":{"allowUnfree":true}}`. */
@@ -49,6 +51,8 @@ export interface Config {
 
 /** The default channel archive, as in Nixery: GitHub's tarball of a nixpkgs branch or commit. */
 export const DEFAULT_CHANNEL_URL = 'https://github.com/NixOS/nixpkgs/archive/{rev}.tar.gz';
+/** Where a channel name is resolved to its current nixpkgs commit. */
+export const DEFAULT_CHANNEL_REVISION_URL = 'https://channels.nixos.org/{channel}/git-revision';
 
 /**
  * Nixery uses 94 layers, which leaves images built `FROM` ours only ~30 layers
@@ -144,6 +148,10 @@ function parsePackageSource(r: Reader): PackageSource | undefined {
   if (!urlTemplate.includes('{rev}')) {
     r.problem('NIXERY_CHANNEL_URL', `${JSON.stringify(urlTemplate)} must contain the placeholder {rev}`);
   }
+  const revisionUrlTemplate = r.str('NIXERY_CHANNEL_REVISION_URL') ?? DEFAULT_CHANNEL_REVISION_URL;
+  if (!revisionUrlTemplate.includes('{channel}')) {
+    r.problem('NIXERY_CHANNEL_REVISION_URL', `${JSON.stringify(revisionUrlTemplate)} must contain the placeholder {channel}`);
+  }
   const set = [
     channel !== undefined && 'NIXERY_CHANNEL',
     repo !== undefined && 'NIXERY_PKGS_REPO',
@@ -162,7 +170,7 @@ function parsePackageSource(r: Reader): PackageSource | undefined {
       r.problem('NIXERY_CHANNEL', `${JSON.stringify(channel)} is not a channel name or commit`);
       return undefined;
     }
-    return { kind: 'channel', channel, urlTemplate };
+    return { kind: 'channel', channel, urlTemplate, revisionUrlTemplate };
   }
   if (repo !== undefined) return { kind: 'git', repository: repo };
   if (path !== undefined) return { kind: 'path', path };
@@ -215,6 +223,7 @@ export function parseConfig(env: Env): Config {
     offline: r.bool('NIXERY_OFFLINE', false),
     prepareImageDir: r.absolutePath('NIXERY_PREPARE_IMAGE_DIR'),
     importArgs: r.jsonObject('NIXERY_IMPORT_ARGS'),
+    revisionTtlSeconds: r.int('NIXERY_REVISION_TTL', 30, 0, 24 * 3600),
     // Kubernetes waits 30 s (terminationGracePeriodSeconds) before SIGKILL.
     shutdownGraceSeconds: r.int('NIXERY_SHUTDOWN_GRACE_SECONDS', 20, 0, 3600),
   };

@@ -14,7 +14,7 @@ import { parsePopularity, type Popularity } from './layers/popularity.js';
 import { storePathEntries, symlinkLayerEntries } from './layers/walk.js';
 import { createLogger, type Logger } from './log.js';
 import { ExecaNixRunner } from './nix/runner.js';
-import { PathSource, type PackageSourceResolver } from './nix/sources.js';
+import { ChannelSource, GitSource, PathSource, type PackageSourceResolver } from './nix/sources.js';
 import { ImageService } from './service/build-image.js';
 import type { StorageBackend } from './storage/backend.js';
 import { FilesystemStorage } from './storage/filesystem.js';
@@ -56,9 +56,9 @@ function makeSource(config: Config): PackageSourceResolver {
     case 'path':
       return new PathSource(config.pkgs.path);
     case 'git':
-      fail(['NIXERY_PKGS_REPO: git package sources are not implemented yet (use NIXERY_PKGS_PATH with a checkout)']);
+      return new GitSource(config.pkgs.repository, config.revisionTtlSeconds);
     case 'channel':
-      fail(['NIXERY_CHANNEL: channel package sources are not implemented yet (use NIXERY_PKGS_PATH with a checkout)']);
+      return new ChannelSource(config.pkgs.channel, config.pkgs.urlTemplate, config.pkgs.revisionUrlTemplate, config.revisionTtlSeconds);
   }
 }
 

@@ -18,7 +18,7 @@ import { makeClosureGraph, type ClosureGraph } from '../layers/graph.js';
 /** Where the package set comes from, as passed to prepare-image/load-pkgs.nix. */
 export type NixSource =
   | { readonly srcType: 'path'; readonly path: string }
-  | { readonly srcType: 'git'; readonly url: string; readonly rev: string; readonly ref: string }
+  | { readonly srcType: 'git'; readonly url: string; readonly rev: string; readonly ref?: string; readonly allRefs?: boolean }
   | { readonly srcType: 'tarball'; readonly url: string; readonly sha256?: string };
 
 export interface ResolvedPackage {

@@ -58,6 +58,28 @@ describe('parseConfig', () => {
     });
   });
 
+  it('reads the channel templates and the revision TTL', () => {
+    const c = parseConfig({
+      ...base,
+      NIXERY_PKGS_PATH: undefined,
+      NIXERY_CHANNEL: 'nixos-24.05',
+      NIXERY_CHANNEL_URL: 'http://mirror/{rev}.tar.gz',
+      NIXERY_CHANNEL_REVISION_URL: 'http://mirror/{channel}/rev',
+      NIXERY_REVISION_TTL: '5',
+    });
+    expect(c.pkgs).toEqual({
+      kind: 'channel',
+      channel: 'nixos-24.05',
+      urlTemplate: 'http://mirror/{rev}.tar.gz',
+      revisionUrlTemplate: 'http://mirror/{channel}/rev',
+    });
+    expect(c.revisionTtlSeconds).toBe(5);
+    expect(parseConfig(base).revisionTtlSeconds).toBe(30);
+    expect(problems({ ...base, NIXERY_CHANNEL_REVISION_URL: 'http://x/rev' })).toEqual([
+      'NIXERY_CHANNEL_REVISION_URL: "http://x/rev" must contain the placeholder {channel}',
+    ]);
+  });
+
   it('accepts a git repository as the package source', () => {
     expect(parseConfig({ ...base, NIXERY_PKGS_PATH: undefined, NIXERY_PKGS_REPO: 'git@github.com:org/pkgs.git' }).pkgs)
       .toEqual({ kind: 'git', repository: 'git@github.com:org/pkgs.git' });
