@@ -41,6 +41,8 @@ export interface NixRunner {
   realise(drvs: readonly string[], opts?: NixCallOptions): Promise<void>;
   /** The runtime closure of the given store paths. */
   closure(paths: readonly string[], opts?: NixCallOptions): Promise<ClosureGraph>;
+  /** Throws when Nix cannot be run or its store cannot be opened (readiness). */
+  check(): Promise<void>;
 }
 
 export interface NixRunnerStats {
@@ -232,7 +234,14 @@ export class ExecaNixRunner implements NixRunner {
     );
     return makeClosureGraph(paths, parsePathInfo(JSON.parse(stdout)));
   }
+
+  async check(): Promise<void> {
+    await this.run('nix-instantiate', ['--eval', '--expr', 'builtins.nixVersion'], CHECK_TIMEOUT_SECONDS);
+  }
 }
+
+/** Seconds a readiness check of Nix may take. */
+const CHECK_TIMEOUT_SECONDS = 10;
 
 function signalGroup(pid: number | undefined, sig: NodeJS.Signals): void {
   if (pid === undefined) return;

@@ -70,6 +70,8 @@ export interface ImageServiceDeps {
   readonly manifestCacheSize?: number;
   /** Aborted on shutdown: stops running builds and their Nix processes. */
   readonly shutdown?: AbortSignal;
+  /** Told about every finished build (for metrics). */
+  readonly onBuildFinished?: (outcome: 'succeeded' | 'failed' | 'timed_out', seconds: number) => void;
 }
 
 interface StoredLayer {
@@ -211,6 +213,7 @@ export class ImageService {
       // Persisted before the answer: clients fetch by digest right after.
       await storage.putRecord('manifests', key, Buffer.from(JSON.stringify(record)));
       this.cache.set(key, record);
+      this.deps.onBuildFinished?.('succeeded', (Date.now() - started) / 1000);
       log.info(
         { image, packages: spec.packages, revision: resolved.revision, layers: layers.length, storePaths: graph.nodes.size, ms: Date.now() - started },
         'image built',
@@ -218,6 +221,7 @@ export class ImageService {
       return record;
     } catch (e) {
       this.stats.buildFailures++;
+      this.deps.onBuildFinished?.(e instanceof NixBuildError && e.timedOut ? 'timed_out' : 'failed', (Date.now() - started) / 1000);
       if (!(e instanceof PackagesNotFoundError)) {
         this.recentErrors.add({
           time: new Date().toISOString(),

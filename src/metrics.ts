@@ -1,0 +1,98 @@
+/**
+ * Prometheus metrics (prom-client). Request metrics are observed by the HTTP
+ * layer; build and cache counters are read from the service's own counters
+ * at scrape time, so the service stays free of any metrics library.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { ImageServiceStats } from './service/build-image.js';
+
+export interface MetricSources {
+  service: () => ImageServiceStats;
+  singleFlightWaiters: () => number;
+  nixRunning: () => number;
+}
+
+export interface Metrics {
+  readonly registry: Registry;
+  observeRequest(route: string, method: string, status: number, seconds: number): void;
+  observeBuild(outcome: 'succeeded' | 'failed' | 'timed_out', seconds: number): void;
+  addBytesServed(bytes: number): void;
+}
+
+/** A counter whose value is read from elsewhere when Prometheus scrapes. */
+function mirroredCounter(registry: Registry, name: string, help: string, read: () => number): void {
+  new Counter({
+    name,
+    help,
+    registers: [registry],
+    collect() {
+      this.reset();
+      this.inc(read());
+    },
+  });
+}
+
+export function createMetrics(src: MetricSources): Metrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'nixery_' });
+
+  const requests = new Counter({
+    name: 'nixery_http_requests_total',
+    help: 'HTTP requests by route, method and status',
+    labelNames: ['route', 'method', 'status'] as const,
+    registers: [registry],
+  });
+  const requestDuration = new Histogram({
+    name: 'nixery_http_request_duration_seconds',
+    help: 'HTTP request duration by route (for blobs: until the response started)',
+    labelNames: ['route'] as const,
+    buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+    registers: [registry],
+  });
+  const builds = new Counter({
+    name: 'nixery_builds_finished_total',
+    help: 'Image builds finished, by outcome (succeeded, failed, timed_out)',
+    labelNames: ['outcome'] as const,
+    registers: [registry],
+  });
+  const buildDuration = new Histogram({
+    name: 'nixery_build_duration_seconds',
+    help: 'Image build duration (Nix evaluation, realisation, packing, upload)',
+    buckets: [0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600],
+    registers: [registry],
+  });
+  const bytesServed = new Counter({
+    name: 'nixery_blob_bytes_served_total',
+    help: 'Blob bytes sent by this server (redirected downloads are not counted)',
+    registers: [registry],
+  });
+  mirroredCounter(registry, 'nixery_builds_started_total', 'Image builds started (manifest cache misses that ran Nix)', () => src.service().builds);
+  mirroredCounter(registry, 'nixery_manifest_cache_hits_total', 'Manifest requests answered from cache', () => src.service().manifestCacheHits);
+  mirroredCounter(registry, 'nixery_manifest_cache_misses_total', 'Manifest requests that needed a build', () => src.service().manifestCacheMisses);
+  mirroredCounter(registry, 'nixery_layer_cache_hits_total', 'Layers reused from storage by content key', () => src.service().layersReused);
+  mirroredCounter(registry, 'nixery_layer_cache_misses_total', 'Layers packed and uploaded', () => src.service().layersPacked);
+  mirroredCounter(registry, 'nixery_single_flight_waiters_total', 'Requests that waited on a build already running for the same image', src.singleFlightWaiters);
+  new Gauge({
+    name: 'nixery_nix_processes_running',
+    help: 'Nix processes running now',
+    registers: [registry],
+    collect() {
+      this.set(src.nixRunning());
+    },
+  });
+
+  return {
+    registry,
+    observeRequest(route, method, status, seconds) {
+      requests.inc({ route, method, status: String(status) });
+      requestDuration.observe({ route }, seconds);
+    },
+    observeBuild(outcome, seconds) {
+      builds.inc({ outcome });
+      buildDuration.observe(seconds);
+    },
+    addBytesServed(bytes) {
+      bytesServed.inc(bytes);
+    },
+  };
+}
