@@ -93,7 +93,15 @@ export async function packLayer(
   const tarball = tar.pack();
   const source = new TarSource(tarball);
   const diff = new HashingStream({ highWaterMark: HWM });
-  const gzip = createGzip({ level, chunkSize: GZIP_CHUNK, memLevel: zc.Z_DEFAULT_MEMLEVEL });
+  // Every parameter that shapes the deflate output is pinned, so that a
+  // changed default in some Node release cannot silently change every digest.
+  const gzip = createGzip({
+    level,
+    memLevel: 8,
+    windowBits: 15,
+    strategy: zc.Z_DEFAULT_STRATEGY,
+    chunkSize: GZIP_CHUNK,
+  });
   const compressed = new HashingStream({ highWaterMark: HWM });
 
   // Whichever side fails first names the failure; the other side's error is
@@ -216,37 +224,51 @@ async function writeFile(tarball: tar.Pack, header: TarHeader, entry: TarEntry):
   done.catch(() => {});
 
   const contents = (entry.open as () => NodeJS.ReadableStream)();
+  // When the entry is torn down (abort, broken output) stop reading at once,
+  // not at the next chunk, which a stalled source might never deliver; this
+  // also closes the file.
+  sink.on('close', () => (contents as Partial<Readable>).destroy?.());
   try {
     for await (const chunk of contents as AsyncIterable<Buffer | string>) {
       const buf = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
-      if (!sink.write(buf)) await drained(sink, done);
+      if (!sink.write(buf)) await drained(sink);
     }
   } catch (err) {
     sink.destroy(err instanceof Error ? err : new Error(String(err)));
-    throw err;
+    // If the entry failed first (abort, broken output), that is the cause;
+    // our error is only its consequence.
+    throw await done.then(
+      () => err,
+      (cause: unknown) => cause,
+    );
   }
   sink.end(undefined);
   await done;
 }
 
-/** Resolves on 'drain'; rejects when the entry fails first, so an error never leaves us waiting. */
-function drained(sink: TarSink, done: Promise<void>): Promise<void> {
+/** Resolves on 'drain'; rejects if the entry closes first, so a failure never leaves us waiting. */
+function drained(sink: TarSink): Promise<void> {
   return new Promise<void>((resolve, reject) => {
-    const ondrain = (): void => {
+    // The entry may have been torn down while we awaited the next chunk
+    // (abort, broken output); then neither event will come.
+    if (sink.destroying || sink.destroyed) {
+      reject(new Error('tar entry closed before its contents were written'));
+      return;
+    }
+    const cleanup = (): void => {
       sink.off('drain', ondrain);
+      sink.off('close', onclose);
+    };
+    const ondrain = (): void => {
+      cleanup();
       resolve();
     };
+    const onclose = (): void => {
+      cleanup();
+      reject(new Error('tar entry closed before its contents were written'));
+    };
     sink.on('drain', ondrain);
-    done.then(
-      () => {
-        sink.off('drain', ondrain);
-        resolve();
-      },
-      (err: unknown) => {
-        sink.off('drain', ondrain);
-        reject(err);
-      },
-    );
+    sink.on('close', onclose);
   });
 }
 

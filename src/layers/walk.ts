@@ -6,14 +6,14 @@
  * the same tarball on every server. File contents are opened only when
  * pack.ts reaches the entry, so at most one file is open per layer.
  *
- * Hard links: a regular file whose inode was already written in this layer
- * becomes a hardlink entry to the first name (in entry order). This keeps
- * layers small on stores deduplicated by `nix-store --optimise`, but it makes
- * a layer's bytes depend on the host store's history, not only on the store
- * paths: the NAR format has no hard links, so a path substituted from a cache
- * has none, while the same path built locally or optimised may have some. Two
- * servers sharing a bucket then produce different digests for the same
- * layer (each image is still correct).
+ * Hard links are written as regular files by default. The NAR format has
+ * no hard links, so a path substituted from a cache has none, while the same
+ * path built locally or deduplicated by `nix-store --optimise` may have
+ * some: writing them as links would make a layer's bytes depend on the host
+ * store's history, and replicas sharing a bucket would produce different
+ * digests for the same layer. `hardLinks: 'preserve'` writes a file whose
+ * inode was already written in this layer as a link to the first name
+ * (smaller layers, host-dependent digests).
  */
 import { createReadStream } from 'node:fs';
 import { lstat, readdir, readlink } from 'node:fs/promises';
@@ -30,6 +30,8 @@ export interface WalkOptions {
    * real store. Default: `/`.
    */
   root?: string;
+  /** 'copy' (default): every file is a regular entry. 'preserve': repeated inodes become hardlink entries. */
+  hardLinks?: 'copy' | 'preserve';
 }
 
 const STORE_DIR = '/nix/store';
@@ -60,7 +62,7 @@ export async function* storePathEntries(paths: readonly string[], opts: WalkOpti
   yield { name: 'nix', type: 'directory', mode: STORE_DIR_MODE };
   yield { name: 'nix/store', type: 'directory', mode: STORE_DIR_MODE };
 
-  const inodes = new Map<string, string>();
+  const inodes = opts.hardLinks === 'preserve' ? new Map<string, string>() : undefined;
   for (const p of sorted) {
     const name = p.slice(1);
     const physical = path.join(root, p);
@@ -78,7 +80,7 @@ export async function* storePathEntries(paths: readonly string[], opts: WalkOpti
  * under its name and its subtree under `name/`, and the items are sorted
  * together. Memory stays proportional to depth times directory width.
  */
-async function* walkDir(name: string, physical: string, inodes: Map<string, string>): AsyncGenerator<TarEntry> {
+async function* walkDir(name: string, physical: string, inodes: Map<string, string> | undefined): AsyncGenerator<TarEntry> {
   type Item = { key: string; subtree: boolean; name: string; physical: string; st: Stats };
   const items: Item[] = [];
   for (const child of await readNames(physical)) {
@@ -107,14 +109,14 @@ function toEntry(
   name: string,
   physical: string,
   st: Stats,
-  inodes: Map<string, string>,
+  inodes: Map<string, string> | undefined,
   target: string | undefined,
 ): TarEntry | undefined {
   const mode = st.mode & 0o7777;
   if (st.isDirectory()) return { name, type: 'directory', mode };
   if (st.isSymbolicLink()) return { name, type: 'symlink', mode, linkname: target as string };
   if (st.isFile()) {
-    if (st.nlink > 1) {
+    if (inodes !== undefined && st.nlink > 1) {
       const key = `${st.dev}:${st.ino}`;
       const first = inodes.get(key);
       if (first !== undefined) return { name, type: 'hardlink', mode, linkname: first };
