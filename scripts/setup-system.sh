@@ -12,6 +12,7 @@
 #                            container engines the tests start themselves (pull + run)
 #   docker-registry          CNCF distribution: the reference in bench/serve
 #   attr procps              getfattr and ps, used by tests
+#   chromium                 the real browser the start-page test drives (playwright-core)
 set -euo pipefail
 
 PACKAGES=(
@@ -21,6 +22,7 @@ PACKAGES=(
   podman containerd docker.io runc
   docker-registry
   attr procps
+  chromium
 )
 
 missing=()
