@@ -23,6 +23,8 @@ export type StorageConfig =
       /** Service-account key used to sign blob URLs; without it blobs redirect to public object URLs. */
       readonly credentialsFile: string | undefined;
       readonly signedUrlTtlSeconds: number;
+      /** STORAGE_EMULATOR_HOST: a GCS-compatible endpoint instead of Google's (emulators, tests). */
+      readonly apiEndpoint: string | undefined;
     };
 
 export interface Config {
@@ -200,7 +202,7 @@ function parseStorage(r: Reader): StorageConfig | undefined {
         r.problem('GCS_BUCKET', 'required by the gcs storage backend');
         return undefined;
       }
-      return { kind, bucket, credentialsFile, signedUrlTtlSeconds };
+      return { kind, bucket, credentialsFile, signedUrlTtlSeconds, apiEndpoint: r.url('STORAGE_EMULATOR_HOST', ['http:', 'https:']) };
     default:
       r.problem('NIXERY_STORAGE_BACKEND', `${JSON.stringify(kind)} is not a storage backend (use filesystem or gcs)`);
       return undefined;

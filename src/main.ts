@@ -7,17 +7,19 @@ import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadConfig, type Config } from './config.js';
-import { ConfigError } from './errors.js';
+import { ConfigError, StorageError } from './errors.js';
 import { createApp } from './http/app.js';
 import { packLayer } from './layers/pack.js';
 import { parsePopularity, type Popularity } from './layers/popularity.js';
 import { storePathEntries, symlinkLayerEntries } from './layers/walk.js';
 import { createLogger, type Logger } from './log.js';
+import { createMetrics, type Metrics } from './metrics.js';
 import { ExecaNixRunner } from './nix/runner.js';
 import { ChannelSource, GitSource, PathSource, type PackageSourceResolver } from './nix/sources.js';
 import { ImageService } from './service/build-image.js';
 import type { StorageBackend } from './storage/backend.js';
 import { FilesystemStorage } from './storage/filesystem.js';
+import { GcsStorage } from './storage/gcs.js';
 import { probeStorageDirectory } from './storage/xattr-probe.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -64,7 +66,12 @@ function makeSource(config: Config): PackageSourceResolver {
 
 async function makeStorage(config: Config): Promise<StorageBackend> {
   if (config.storage.kind === 'filesystem') return FilesystemStorage.open(config.storage.path);
-  fail(['NIXERY_STORAGE_BACKEND: the gcs backend is not implemented yet']);
+  try {
+    return await GcsStorage.open(config.storage);
+  } catch (e) {
+    if (e instanceof StorageError) fail([`GCS_BUCKET: ${e.message}`]);
+    throw e;
+  }
 }
 
 async function main(): Promise<void> {
@@ -90,6 +97,8 @@ async function main(): Promise<void> {
     offline: config.offline,
     importArgs: config.importArgs,
   });
+  // The service reports builds to the metrics, and the metrics read the service's counters.
+  let metrics: Metrics | undefined;
   const service = new ImageService({
     nix,
     storage,
@@ -100,6 +109,12 @@ async function main(): Promise<void> {
     popularity: await loadPopularity(config.popularityUrl),
     layerBudget: config.layerBudget,
     shutdown: shutdown.signal,
+    onBuildFinished: (outcome, seconds) => metrics?.observeBuild(outcome, seconds),
+  });
+  metrics = createMetrics({
+    service: () => service.stats,
+    singleFlightWaiters: () => service.flights.waiters,
+    nixRunning: () => nix.stats.running,
   });
   const app = createApp({
     service,
@@ -108,6 +123,7 @@ async function main(): Promise<void> {
     tags: () => source.tags(),
     startPage: { webDir: config.webDir ?? path.join(ROOT, 'web'), source: source.description },
     stats: () => ({ ...service.stats, nix: { ...nix.stats }, singleFlightWaiters: service.flights.waiters }),
+    ops: { metrics, checks: { storage: () => storage.check(), nix: () => nix.check() } },
   });
 
   const server = serve({ fetch: app.fetch, hostname: config.host, port: config.port }, (info) => {

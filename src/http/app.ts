@@ -16,6 +16,7 @@ import { negotiateManifestType } from '../manifest/build.js';
 import type { ImageService, ServedManifest } from '../service/build-image.js';
 import type { ByteRange, StorageBackend } from '../storage/backend.js';
 import { errorBody, toRegistryError } from './errcode.js';
+import { registerOps, routeOf, type OpsDeps } from './ops.js';
 import { renderStartPage, type StartPageInfo } from './web.js';
 
 export interface AppDeps {
@@ -27,6 +28,8 @@ export interface AppDeps {
   readonly startPage: StartPageInfo;
   /** Counters for operators and tests (builds run, cache hits, Nix calls). */
   readonly stats: () => unknown;
+  /** /livez, /readyz, /metrics; request metrics are observed when present. */
+  readonly ops?: OpsDeps;
 }
 
 /** Under @hono/node-server the bindings are the raw Node request and response; absent with app.request(). */
@@ -60,10 +63,10 @@ export function createApp(deps: AppDeps): Hono<Env> {
     const outgoing = c.env?.outgoing;
     const sent = outgoing instanceof ServerResponse && outgoing.headersSent;
     if (!sent && !c.res.headers.has('X-Request-Id')) c.header('X-Request-Id', requestId);
-    log.info(
-      { requestId, method: c.req.method, path: c.req.path, status: sent ? outgoing.statusCode : c.res.status, ms: Math.round(performance.now() - started) },
-      'request',
-    );
+    const status = sent ? outgoing.statusCode : c.res.status;
+    const ms = performance.now() - started;
+    deps.ops?.metrics.observeRequest(routeOf(c.req.path), c.req.method, status, ms / 1000);
+    log.info({ requestId, method: c.req.method, path: c.req.path, status, ms: Math.round(ms) }, 'request');
   });
 
   app.onError((err, c) => {
@@ -158,6 +161,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
       return reply(c, 307, null, { Location: served.url, 'Docker-Content-Digest': digest, ...API_VERSION, 'X-Request-Id': c.get('requestId') });
     }
     const status = range ? 206 : 200;
+    deps.ops?.metrics.addBytesServed(range ? range.end - range.start + 1 : info.size);
     const sized: Record<string, string> = range
       ? { ...headers, 'Content-Length': String(range.end - range.start + 1), 'Content-Range': `bytes ${range.start}-${range.end}/${info.size}` }
       : { ...headers, 'Content-Length': String(info.size) };
@@ -212,6 +216,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
   }
 
   app.get('/debug/stats', (c) => c.json(deps.stats()));
+  if (deps.ops) registerOps(app, deps.ops);
 
   app.on(['GET', 'HEAD'], '*', async (c) => {
     const html = await renderStartPage(deps.startPage, {

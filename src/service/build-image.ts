@@ -151,15 +151,20 @@ export class ImageService {
     // and after an eviction or a restart the check below runs again.
     const cached = this.manifestBytes.get(digest);
     if (cached !== undefined) return { bytes: cached, digest, mediaType };
-    const bytes = await this.deps.storage.readBlob(digest);
+    let bytes = await this.deps.storage.readBlob(digest);
     if (bytes === undefined) {
-      // Storage lost the manifest (deleted by an operator): forget and rebuild once.
+      // Storage lost the manifest (an operator or a lifecycle rule deleted
+      // it): forget the record and build again, once, in this request.
       this.cache.delete(key);
-      throw new ManifestNotFoundError(spec.name, `manifest ${digest} vanished from storage; retry the pull`);
+      record = await this.flights.run(key, () => this.build(spec, key, resolved));
+      bytes = await this.deps.storage.readBlob(record.manifests[mediaType].digest);
+      if (bytes === undefined) throw new ManifestNotFoundError(spec.name, `manifest ${digest} vanished from storage right after it was written`);
     }
-    this.manifestBytes.set(digest, bytes);
-    return { bytes, digest, mediaType };
+    const served = record.manifests[mediaType].digest;
+    this.manifestBytes.set(served, bytes);
+    return { bytes, digest: served, mediaType };
   }
+
 
   /** A manifest by digest, exactly the bytes served earlier under a tag. */
   async manifestByDigest(digest: Digest): Promise<ServedManifest> {
