@@ -121,7 +121,8 @@ export function createApp(deps: AppDeps): Hono<Env> {
 
   async function manifest(c: Context<Env>, name: string, reference: string): Promise<Response> {
     let served: ServedManifest;
-    if (reference.startsWith('sha256:') || reference.includes(':')) {
+    // Tags cannot contain ':', so anything with one is meant as a digest (and validated as one).
+    if (reference.includes(':')) {
       validateName(name);
       served = await deps.service.manifestByDigest(parseDigest(reference));
     } else {
