@@ -156,7 +156,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
     const rangeHeader = c.req.header('range');
     const range = rangeHeader === undefined ? undefined : parseRange(rangeHeader, info.size);
     if (c.req.method === 'HEAD') return reply(c, 200, null, { ...headers, 'Content-Length': String(info.size) });
-    const served = await deps.storage.serveBlob(digest, range);
+    const served = await deps.storage.serveBlob(digest, range, info);
     if (served === undefined) throw new BlobNotFoundError(digest);
     if (served.kind === 'redirect') {
       return reply(c, 307, null, { Location: served.url, 'Docker-Content-Digest': digest, ...API_VERSION, 'X-Request-Id': c.get('requestId') });
@@ -223,6 +223,11 @@ export function createApp(deps: AppDeps): Hono<Env> {
     const html = await renderStartPage(deps.startPage, {
       host: c.req.header('host') ?? 'localhost',
       recentErrors: deps.service.recentErrors.list(),
+      running: [...deps.service.running.values()].map((b) => ({
+        image: b.image,
+        packages: b.packages,
+        seconds: (Date.now() - b.startedAt) / 1000,
+      })),
     }, c.req.path);
     if (html === undefined) return c.text('not found', 404);
     return c.html(html);

@@ -29,10 +29,23 @@ function renderErrors(errors: readonly RecentError[]): string {
     .join('')}</ul>`;
 }
 
+export interface RunningBuild {
+  readonly image: string;
+  readonly packages: readonly string[];
+  readonly seconds: number;
+}
+
+function renderRunning(builds: readonly RunningBuild[]): string {
+  if (builds.length === 0) return '<p class="none">Nothing is being built right now.</p>';
+  return `<ul class="running">${builds
+    .map((b) => `<li><code>${escapeHtml(b.image)}</code> (${escapeHtml(b.packages.join(', '))}), for ${Math.round(b.seconds)} s</li>`)
+    .join('')}</ul>`;
+}
+
 /** Undefined when the path names no file of the web directory. */
 export async function renderStartPage(
   info: StartPageInfo,
-  live: { host: string; recentErrors: readonly RecentError[] },
+  live: { host: string; recentErrors: readonly RecentError[]; running: readonly RunningBuild[] },
   requestPath: string,
 ): Promise<string | undefined> {
   const rel = requestPath === '/' ? 'index.html' : requestPath.replace(/^\/+/, '');
@@ -48,5 +61,6 @@ export async function renderStartPage(
   return text
     .replaceAll('{{HOST}}', escapeHtml(live.host))
     .replaceAll('{{SOURCE}}', escapeHtml(info.source))
+    .replaceAll('{{RUNNING}}', renderRunning(live.running))
     .replaceAll('{{ERRORS}}', renderErrors(live.recentErrors));
 }

@@ -116,6 +116,8 @@ export class ImageService {
     builds: 0, buildFailures: 0, manifestCacheHits: 0, manifestCacheMisses: 0, layersReused: 0, layersPacked: 0,
   };
   readonly recentErrors = new RecentErrors();
+  /** Builds running now, by cache key: shown on the start page while a pull waits. */
+  readonly running = new Map<string, { readonly image: string; readonly packages: readonly string[]; readonly startedAt: number }>();
   readonly flights = new SingleFlight<string, ManifestRecord>();
   private readonly layerFlights = new SingleFlight<string, StoredLayer>();
   private readonly cache: LRUCache<string, ManifestRecord>;
@@ -197,6 +199,7 @@ export class ImageService {
     const signal = this.deps.shutdown;
     this.stats.builds++;
     const image = `${spec.name}:${spec.tag}`;
+    this.running.set(key, { image, packages: spec.packages, startedAt: started });
     try {
       const pkgs = await nix.resolve(resolved.nix, spec.packages, spec.arch.nixSystem, { signal });
       await nix.realise([...new Set(pkgs.map((p) => p.drv))].sort(), { signal });
@@ -251,6 +254,8 @@ export class ImageService {
       }
       log.warn({ image, err: (e as Error).message, ms: Date.now() - started }, 'image build failed');
       throw e;
+    } finally {
+      this.running.delete(key);
     }
   }
 

@@ -74,8 +74,10 @@ export interface StorageBackend {
    * How to answer a blob GET/HEAD: a stream (optionally a byte range), or a
    * redirect to where the client can fetch it. Undefined when absent: the
    * registry answers BLOB_UNKNOWN itself, never redirects to a miss.
+   * `known`: what statBlob just answered, so the backend need not ask again
+   * (on GCS that is a metadata request per blob GET).
    */
-  serveBlob(digest: Digest, range?: ByteRange): Promise<ServedBlob | undefined>;
+  serveBlob(digest: Digest, range?: ByteRange, known?: BlobInfo): Promise<ServedBlob | undefined>;
 
   /** Atomically replaces a small record. */
   putRecord(kind: 'manifests' | 'layers', key: string, bytes: Buffer): Promise<void>;

@@ -111,8 +111,8 @@ export class FilesystemStorage implements StorageBackend {
     }
   }
 
-  async serveBlob(digest: Digest, range?: ByteRange): Promise<ServedBlob | undefined> {
-    const info = await this.statBlob(digest);
+  async serveBlob(digest: Digest, range?: ByteRange, known?: BlobInfo): Promise<ServedBlob | undefined> {
+    const info = known ?? (await this.statBlob(digest));
     if (info === undefined) return undefined;
     const stream = new BlobFileStream(this.blobPath(digest), range?.start ?? 0, range ? range.end + 1 : info.size);
     return { kind: 'stream', info, range, stream };

@@ -219,8 +219,8 @@ export class GcsStorage implements StorageBackend {
   }
 
   /** A redirect; the client sends its Range header to the bucket itself. */
-  async serveBlob(digest: Digest, _range?: ByteRange): Promise<ServedBlob | undefined> {
-    const info = await this.statBlob(digest);
+  async serveBlob(digest: Digest, _range?: ByteRange, known?: BlobInfo): Promise<ServedBlob | undefined> {
+    const info = known ?? (await this.statBlob(digest));
     if (info === undefined) return undefined;
     return { kind: 'redirect', info, url: await this.blobUrl(digest) };
   }

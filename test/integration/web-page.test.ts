@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DEMO_PKGS } from '../helpers/nix.js';
+import { DEMO_PKGS, freshSalt } from '../helpers/nix.js';
 import { startServer, type RunningServer } from '../helpers/server.js';
 
 let server: RunningServer;
@@ -81,4 +81,23 @@ describe('start page', () => {
   });
 
 
+  it('lists the builds running now, so a user whose pull waits can see why', async () => {
+    const s = await startServer({ env: { NIXERY_IMPORT_ARGS: JSON.stringify({ salt: freshSalt(), slowSeconds: 4 }) } });
+    try {
+      const pull = fetch(`${s.url}/v2/slow-chatty-build/manifests/latest`);
+      const page = await browser.newPage();
+      const running = page.locator('ul.running li');
+      for (let i = 0; i < 50 && (await running.count()) === 0; i++) {
+        await page.goto(`${s.url}/`);
+        if ((await running.count()) === 0) await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(await running.first().innerText()).toMatch(/^slow-chatty-build:latest \(cacert, iana-etc, slow-chatty-build\), for \d+ s$/);
+      expect((await pull).status).toBe(200);
+      await page.goto(`${s.url}/`);
+      expect(await running.count()).toBe(0);
+      expect(await page.locator('body').innerText()).toContain('Nothing is being built right now.');
+    } finally {
+      await s.stop();
+    }
+  });
 });
