@@ -109,8 +109,11 @@ export class ManifestNotFoundError extends NixeryError {
 /** A method the registry does not implement (push, delete). */
 export class UnsupportedError extends NixeryError {
   readonly code = 'UNSUPPORTED';
-  constructor(readonly operation: string) {
-    super(`${operation} is not supported: this registry builds images on pull and accepts no uploads`);
+  constructor(
+    readonly operation: string,
+    reason = 'this registry builds images on pull and accepts no uploads',
+  ) {
+    super(`${operation} is not supported: ${reason}`);
   }
 }
 

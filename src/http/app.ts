@@ -104,7 +104,9 @@ export function createApp(deps: AppDeps): Hono<Env> {
     const readOnly = method === 'GET' || method === 'HEAD';
     if (!m) {
       // Uploads (/blobs/uploads/...), deletes and unknown routes.
-      throw new UnsupportedError(readOnly ? `${method} ${c.req.path}` : `${method} (pushing and deleting)`);
+      throw readOnly
+        ? new UnsupportedError(`${method} ${c.req.path}`, 'this registry serves /v2/<name>/manifests/<reference>, /v2/<name>/blobs/<digest> and /v2/<name>/tags/list')
+        : new UnsupportedError(`${method} (pushing and deleting)`);
     }
     const [, name, kind, reference] = m as unknown as [string, string, string, string];
     if (!readOnly || (kind === 'tags' && method !== 'GET')) throw new UnsupportedError(`${method} on ${kind} (pushing and deleting)`);

@@ -46,7 +46,7 @@ export function toRegistryError(err: unknown): RegistryError {
     return {
       status: 500,
       code: 'UNKNOWN',
-      message: err.timedOut ? 'image build timed out' : 'image build failed',
+      message: err.timedOut ? 'image build timed out' : `image build failed${buildFailureHint(err.stderr)}`,
       detail: { command: err.command, exitCode: err.exitCode, timedOut: err.timedOut, stderr: err.stderr },
       fault: false,
     };
@@ -54,6 +54,13 @@ export function toRegistryError(err: unknown): RegistryError {
   if (err instanceof BuildAbortedError) return { status: 503, code: 'UNAVAILABLE', message: err.message, fault: false };
   if (err instanceof StorageError) return { status: 503, code: 'UNAVAILABLE', message: 'storage unavailable', detail: err.message, fault: true };
   return { status: 500, code: 'UNKNOWN', message: 'internal error', fault: true };
+}
+
+/** A one-phrase explanation of common Nix failures, so the client's error message says it. */
+function buildFailureHint(stderr: string): string {
+  const arch = /a '([\w-]+)' with features \{[^}]*\} is required to build/.exec(stderr);
+  if (arch) return `: this server has no builder for ${arch[1]}`;
+  return '';
 }
 
 /** The JSON body and headers of an error response. */

@@ -121,6 +121,13 @@ describe('manifests', () => {
   });
 });
 
+describe('architectures', () => {
+  it('says plainly that arm64 images need an aarch64 builder this server lacks', async () => {
+    const e = await expectRegistryError(await raw('GET', '/v2/arm64/hello/manifests/latest'), 500, 'UNKNOWN');
+    expect(e.message).toBe('image build failed: this server has no builder for aarch64-linux');
+  });
+});
+
 describe('blobs', () => {
   async function layerOf(image: string): Promise<{ digest: string; size: number }> {
     const m = JSON.parse((await raw('GET', `/v2/${image}/manifests/latest`, { Accept: OCI })).body.toString());
@@ -172,6 +179,11 @@ describe('pushing and deleting', () => {
     ['PATCH', '/v2/hello/blobs/uploads/1234'],
   ])('%s %s is 405 UNSUPPORTED', async (method, path) => {
     await expectRegistryError(await raw(method, path), 405, 'UNSUPPORTED');
+  });
+
+  it('names the routes it does serve when asked for another one', async () => {
+    const e = await expectRegistryError(await raw('GET', '/v2/_catalog'), 405, 'UNSUPPORTED');
+    expect(e.message).toContain('/v2/<name>/manifests/<reference>');
   });
 });
 
