@@ -7,6 +7,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import type { NixRunnerStats } from '../../src/nix/runner.js';
+import type { ImageServiceStats } from '../../src/service/build-image.js';
 import { DEMO_PKGS, ROOT } from './nix.js';
 
 export interface RunningServer {
@@ -22,16 +24,8 @@ export interface RunningServer {
   stats(): Promise<ServerStats>;
 }
 
-export interface ServerStats {
-  builds: number;
-  buildFailures: number;
-  manifestCacheHits: number;
-  manifestCacheMisses: number;
-  layersReused: number;
-  layersPacked: number;
-  singleFlightWaiters: number;
-  nix: { evaluations: number; realisations: number; pathInfos: number; running: number };
-}
+/** What /debug/stats answers: the service's counters plus the Nix runner's. */
+export type ServerStats = ImageServiceStats & { singleFlightWaiters: number; nix: NixRunnerStats };
 
 export async function scratchDir(prefix: string): Promise<{ path: string; remove: () => Promise<void> }> {
   const p = await mkdtemp(path.join(tmpdir(), prefix));
@@ -56,29 +50,7 @@ export async function startServer(opts: { env?: Record<string, string>; storageP
   });
   const logs: string[] = [];
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-  const port = await new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start within 20 s:\n${logs.join('\n')}`)), 20_000);
-    let buf = '';
-    const onData = (d: Buffer) => {
-      buf += d.toString();
-      let i: number;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        logs.push(line);
-        if (line.includes('"msg":"listening"')) {
-          clearTimeout(timer);
-          resolve(JSON.parse(line).port as number);
-        }
-      }
-    };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', (d: Buffer) => logs.push(d.toString()));
-    void exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`server exited with ${code} before listening:\n${logs.join('\n')}`));
-    });
-  });
+  const port = await waitForListening(child, logs);
   const host = `127.0.0.1:${port}`;
   return {
     url: `http://${host}`,
@@ -99,4 +71,33 @@ export async function startServer(opts: { env?: Record<string, string>; storageP
       return (await (await fetch(`http://${host}/debug/stats`)).json()) as ServerStats;
     },
   };
+}
+
+/**
+ * Waits for the server's `"msg":"listening"` log line on the child's stdout
+ * and returns its port; everything the child prints is kept in `logs`.
+ */
+export function waitForListening(child: ChildProcess, logs: string[] = [], timeoutMs = 30_000): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`server did not start within ${timeoutMs / 1000} s:\n${logs.join('\n')}`)), timeoutMs);
+    let buf = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      let i: number;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        logs.push(line);
+        if (line.includes('"msg":"listening"')) {
+          clearTimeout(timer);
+          resolve((JSON.parse(line) as { port: number }).port);
+        }
+      }
+    });
+    child.stderr!.on('data', (d: Buffer) => logs.push(d.toString()));
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`server exited with ${code} before listening:\n${logs.join('\n')}`));
+    });
+  });
 }

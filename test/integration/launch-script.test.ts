@@ -15,6 +15,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildDemo, DEMO_PKGS, freshSalt, ROOT } from '../helpers/nix.js';
+import { waitForListening } from '../helpers/server.js';
 
 const run = promisify(execFile);
 const SCRIPT = path.join(ROOT, 'nix/nixery-launch.sh');
@@ -127,31 +128,7 @@ async function launchToEnd(c: Case, opts: { prefix?: string[]; args?: string[] }
 }
 
 /** Waits for the server's "listening" log line; returns its port. */
-function listeningPort(child: ChildProcess): Promise<number> {
-  const logs: string[] = [];
-  return new Promise<number>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start within 30 s:\n${logs.join('\n')}`)), 30_000);
-    let buf = '';
-    child.stdout!.on('data', (d: Buffer) => {
-      buf += d.toString();
-      let i: number;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        logs.push(line);
-        if (line.includes('"msg":"listening"')) {
-          clearTimeout(timer);
-          resolve((JSON.parse(line) as { port: number }).port);
-        }
-      }
-    });
-    child.stderr!.on('data', (d: Buffer) => logs.push(d.toString()));
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`launch exited with ${code} before the server listened:\n${logs.join('\n')}`));
-    });
-  });
-}
+const listeningPort = (child: ChildProcess): Promise<number> => waitForListening(child);
 
 /** SIGTERM to the server (the launch script exec'd into it: same PID); resolves with its exit code. */
 async function stop(child: ChildProcess): Promise<number | null> {
