@@ -125,7 +125,18 @@ export class ImageService {
   private readonly manifestBytes: LRUCache<Digest, Buffer>;
   private readonly packLimit: ReturnType<typeof pLimit>;
 
+  /**
+   * The layering settings are part of every image key: after a change of
+   * NIXERY_LAYER_BUDGET or of the popularity data, images are grouped anew
+   * instead of being served from records made under the old settings.
+   */
+  private readonly layeringIdentity: string;
+
   constructor(private readonly deps: ImageServiceDeps) {
+    this.layeringIdentity = hashKey(
+      `budget=${deps.layerBudget}`,
+      ...[...deps.popularity].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([k, v]) => `${k}=${v}`),
+    );
     this.cache = new LRUCache({ max: deps.manifestCacheSize ?? 1000 });
     // Two flavours (OCI, Docker) per image; a manifest is a few KB.
     this.manifestBytes = new LRUCache({ max: 2 * (deps.manifestCacheSize ?? 1000) });
@@ -135,7 +146,7 @@ export class ImageService {
   /** The manifest for an image by tag, building it if needed. */
   async manifest(spec: ImageSpec, mediaType: ManifestMediaType): Promise<ServedManifest> {
     const resolved = await this.deps.source.resolve(spec.tag);
-    const key = hashKey(MANIFEST_KEY_VERSION, resolved.revision, spec.arch.nixSystem, ...spec.packages);
+    const key = hashKey(MANIFEST_KEY_VERSION, this.layeringIdentity, resolved.revision, spec.arch.nixSystem, ...spec.packages);
     let record = await this.cachedRecord(key);
     if (record) {
       this.stats.manifestCacheHits++;

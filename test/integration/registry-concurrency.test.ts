@@ -134,3 +134,25 @@ describe('start-up with a bad configuration', () => {
     }
   });
 });
+
+describe('layer budget', () => {
+  it('keeps images within NIXERY_LAYER_BUDGET, and a changed budget regroups instead of serving old records', async () => {
+    const storage = await scratchDir('nixery-budget-');
+    dirs.push(storage);
+    const layersOf = async (s: RunningServer) =>
+      ((await (await fetch(`${s.url}/v2/shell/htop/manifests/latest`, { headers: { Accept: OCI } })).json()) as { layers: unknown[] }).layers.length;
+    const wide = await start({}, storage.path);
+    const many = await layersOf(wide);
+    expect(many).toBeGreaterThan(3);
+    await wide.stop();
+
+    const narrow = await start({ NIXERY_LAYER_BUDGET: '3' }, storage.path);
+    expect(await layersOf(narrow)).toBe(3); // two store-path layers and the symlink layer
+    expect((await narrow.stats()).builds).toBe(1);
+    await narrow.stop();
+
+    const again = await start({ NIXERY_LAYER_BUDGET: '3' }, storage.path);
+    expect(await layersOf(again)).toBe(3);
+    expect((await again.stats()).builds).toBe(0);
+  });
+});
