@@ -33,7 +33,9 @@ export async function scratchDir(prefix: string): Promise<{ path: string; remove
 }
 
 export async function startServer(opts: { env?: Record<string, string>; storagePath?: string } = {}): Promise<RunningServer> {
-  const storagePath = opts.storagePath ?? (await scratchDir('nixery-store-')).path;
+  // A storage directory made here is removed again by stop(); one passed in belongs to the test.
+  const own = opts.storagePath === undefined ? await scratchDir('nixery-store-') : undefined;
+  const storagePath = opts.storagePath ?? own!.path;
   const child = spawn(process.execPath, [path.join(ROOT, 'dist/main.js')], {
     env: {
       PATH: process.env['PATH'] ?? '/usr/bin:/bin',
@@ -60,11 +62,14 @@ export async function startServer(opts: { env?: Record<string, string>; storageP
     logs,
     process: child,
     async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
-      const code = await exited;
-      clearTimeout(timer);
+      let code = child.exitCode;
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill('SIGTERM');
+        const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+        code = await exited;
+        clearTimeout(timer);
+      }
+      await own?.remove();
       return code;
     },
     async stats() {
