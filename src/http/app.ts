@@ -10,7 +10,7 @@ import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
 import { Hono, type Context } from 'hono';
 import { parseDigest } from '../digest.js';
 import { BlobNotFoundError, RangeNotSatisfiableError, UnsupportedError } from '../errors.js';
-import { parseImageName, validateName, validateTag } from '../image/name.js';
+import { isValidTag, parseImageName, validateName } from '../image/name.js';
 import type { Logger } from '../log.js';
 import { negotiateManifestType } from '../manifest/build.js';
 import type { ImageService, ServedManifest } from '../service/build-image.js';
@@ -197,14 +197,8 @@ export function createApp(deps: AppDeps): Hono<Env> {
 
   async function tagsList(c: Context<Env>, name: string): Promise<Response> {
     validateName(name);
-    const all = (await deps.tags()).filter((t) => {
-      try {
-        validateTag(t);
-        return true;
-      } catch {
-        return false;
-      }
-    }).sort();
+    // Git refs such as feature/x cannot be requested as tags, so they are not listed.
+    const all = (await deps.tags()).filter(isValidTag).sort();
     // Pagination as in the distribution spec: n (count) and last (exclusive start).
     const nRaw = c.req.query('n');
     const last = c.req.query('last');

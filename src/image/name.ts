@@ -60,8 +60,12 @@ export function validateName(name: string): void {
   }
 }
 
+export function isValidTag(tag: string): boolean {
+  return TAG.test(tag);
+}
+
 export function validateTag(tag: string): void {
-  if (!TAG.test(tag)) {
+  if (!isValidTag(tag)) {
     throw new InvalidTagError(tag, 'a tag is up to 128 letters, digits, ".", "_" and "-", not starting with "." or "-"');
   }
 }

@@ -38,19 +38,19 @@ export interface PackageSourceResolver {
 /** The failure of a source lookup that is not the client's fault (network, git). */
 export class SourceUnavailableError extends StorageError {}
 
-/** A value recomputed at most once per `ttlMs`; concurrent callers share a computation. */
+/** A value recomputed once it is older than `ttlMs()`, or cleared; concurrent callers share a computation. */
 class Memo<T> {
   private value: { at: number; v: T } | undefined;
   private pending: Promise<T> | undefined;
   private generation = 0;
-  ttl: () => number;
-
-  constructor(ttlMs: number, private readonly compute: () => Promise<T>, private readonly now = Date.now) {
-    this.ttl = () => ttlMs;
-  }
+  constructor(
+    private readonly ttlMs: () => number,
+    private readonly compute: () => Promise<T>,
+    private readonly now = Date.now,
+  ) {}
 
   get(): Promise<T> {
-    if (this.value && this.now() - this.value.at < this.ttl()) return Promise.resolve(this.value.v);
+    if (this.value && this.now() - this.value.at < this.ttlMs()) return Promise.resolve(this.value.v);
     if (this.pending) return this.pending;
     const gen = this.generation;
     const p = this.compute()
@@ -109,7 +109,7 @@ export class GitSource implements PackageSourceResolver {
 
   constructor(private readonly url: string, ttlSeconds: number, now = Date.now) {
     this.git = simpleGit({ timeout: { block: 60_000 } });
-    this.remote = new Memo(ttlSeconds * 1000, () => this.lsRemote(), now);
+    this.remote = new Memo(() => ttlSeconds * 1000, () => this.lsRemote(), now);
   }
 
   get description(): string {
@@ -170,7 +170,7 @@ export class ChannelSource implements PackageSourceResolver {
     ttlSeconds: number,
     now = Date.now,
   ) {
-    this.current = new Memo(ttlSeconds * 1000, () => this.fetchRevision(), now);
+    this.current = new Memo(() => ttlSeconds * 1000, () => this.fetchRevision(), now);
   }
 
   get description(): string {
@@ -215,10 +215,12 @@ export class PathSource implements PackageSourceResolver {
   private readonly git: SimpleGit;
   private readonly memo: Memo<string>;
   private watcher: FSWatcher | undefined;
+  /** While the watcher runs, the identity is kept until a change clears it. */
+  private watching = false;
 
   constructor(private readonly dir: string, fallbackTtlSeconds = 2) {
     this.git = simpleGit({ baseDir: dir, timeout: { block: 30_000 } });
-    let ttlMs = fallbackTtlSeconds * 1000;
+    this.memo = new Memo(() => (this.watching ? Number.POSITIVE_INFINITY : fallbackTtlSeconds * 1000), () => this.identity());
     try {
       this.watcher = watch(dir, { recursive: true, persistent: false }, (_event, file) => {
         // git itself writes .git/index while we compute the identity.
@@ -227,15 +229,13 @@ export class PathSource implements PackageSourceResolver {
       });
       this.watcher.on('error', () => {
         this.watcher?.close();
-        ttlMs = fallbackTtlSeconds * 1000;
+        this.watching = false;
         this.memo.clear();
       });
-      ttlMs = Number.POSITIVE_INFINITY;
+      this.watching = true;
     } catch {
       // No watcher: fall back to the TTL.
     }
-    this.memo = new Memo(0, () => this.identity());
-    this.memo.ttl = () => ttlMs;
   }
 
   get description(): string {

@@ -32,6 +32,18 @@ export async function scratchDir(prefix: string): Promise<{ path: string; remove
   return { path: p, remove: () => rm(p, { recursive: true, force: true }) };
 }
 
+/** The environment of a server on loopback, any free port, serving the demo package set from `storagePath`. */
+export function demoServerEnv(storagePath: string): Record<string, string> {
+  return {
+    PORT: '0',
+    NIXERY_HOST: '127.0.0.1',
+    NIXERY_PKGS_PATH: DEMO_PKGS,
+    STORAGE_PATH: storagePath,
+    NIXERY_OFFLINE: 'true',
+    NIXERY_SHUTDOWN_GRACE_SECONDS: '2',
+  };
+}
+
 export async function startServer(opts: { env?: Record<string, string>; storagePath?: string } = {}): Promise<RunningServer> {
   // A storage directory made here is removed again by stop(); one passed in belongs to the test.
   const own = opts.storagePath === undefined ? await scratchDir('nixery-store-') : undefined;
@@ -40,12 +52,7 @@ export async function startServer(opts: { env?: Record<string, string>; storageP
     env: {
       PATH: process.env['PATH'] ?? '/usr/bin:/bin',
       NIX_CONFIG: 'substituters =',
-      PORT: '0',
-      NIXERY_HOST: '127.0.0.1',
-      NIXERY_PKGS_PATH: DEMO_PKGS,
-      STORAGE_PATH: storagePath,
-      NIXERY_OFFLINE: 'true',
-      NIXERY_SHUTDOWN_GRACE_SECONDS: '2',
+      ...demoServerEnv(storagePath),
       ...opts.env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -105,4 +112,22 @@ export function waitForListening(child: ChildProcess, logs: string[] = [], timeo
       reject(new Error(`server exited with ${code} before listening:\n${logs.join('\n')}`));
     });
   });
+}
+
+/**
+ * Runs the server with exactly `env` (plus PATH) when it is expected not to
+ * start; returns its exit code and what it printed on stderr. Killed after
+ * 60 s if it does start after all.
+ */
+export async function runUntilExit(env: Record<string, string>): Promise<{ code: number | null; stderr: string }> {
+  const child = spawn(process.execPath, [path.join(ROOT, 'dist/main.js')], {
+    env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', ...env },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+  const code = await new Promise<number | null>((r) => child.once('exit', r));
+  clearTimeout(timer);
+  return { code, stderr };
 }

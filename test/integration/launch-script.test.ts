@@ -14,8 +14,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { buildDemo, DEMO_PKGS, freshSalt, ROOT } from '../helpers/nix.js';
-import { waitForListening } from '../helpers/server.js';
+import { buildDemo, freshSalt, ROOT } from '../helpers/nix.js';
+import { demoServerEnv, waitForListening } from '../helpers/server.js';
 
 const run = promisify(execFile);
 const SCRIPT = path.join(ROOT, 'nix/nixery-launch.sh');
@@ -173,16 +173,7 @@ describe('nixery-launch.sh', () => {
     const hook = path.join(path.dirname(c.root), 'hook.sh');
     const marker = path.join(path.dirname(c.root), 'hook-ran');
     await writeExecutable(hook, `#!${bashPath}\nprintf '%s\\n' "$NIX_CONF_DIR" "$SSL_CERT_FILE" > ${marker}\n`);
-    Object.assign(c.env, {
-      PATH: serverPath,
-      NIXERY_PRE_LAUNCH: hook,
-      NIXERY_HOST: '127.0.0.1',
-      PORT: '0',
-      NIXERY_PKGS_PATH: DEMO_PKGS,
-      STORAGE_PATH: storage,
-      NIXERY_OFFLINE: 'true',
-      NIXERY_SHUTDOWN_GRACE_SECONDS: '2',
-    });
+    Object.assign(c.env, { ...demoServerEnv(storage), PATH: serverPath, NIXERY_PRE_LAUNCH: hook });
 
     const child = launch(c);
     try {
@@ -228,13 +219,8 @@ describe('nixery-launch.sh', () => {
     const storage = path.join(path.dirname(c.root), 'storage');
     await mkdir(storage);
     Object.assign(c.env, {
+      ...demoServerEnv(storage),
       PATH: serverPath,
-      NIXERY_HOST: '127.0.0.1',
-      PORT: '0',
-      NIXERY_PKGS_PATH: DEMO_PKGS,
-      STORAGE_PATH: storage,
-      NIXERY_OFFLINE: 'true',
-      NIXERY_SHUTDOWN_GRACE_SECONDS: '2',
       // New store paths: Nix really builds, under the configuration written here.
       NIXERY_IMPORT_ARGS: JSON.stringify({ salt: freshSalt() }),
     });

@@ -1,11 +1,12 @@
 /**
  * Many clients at once, and a server killed in the middle of a build.
  */
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 import { skopeoPull } from '../helpers/clients.js';
-import { demoSource, freshSalt, makeRunner, processesMatching, ROOT } from '../helpers/nix.js';
-import { scratchDir, startServer, type RunningServer } from '../helpers/server.js';
+import { demoSource, freshSalt, makeRunner, processesMatching } from '../helpers/nix.js';
+import { runUntilExit, scratchDir, startServer, type RunningServer } from '../helpers/server.js';
 
 const OCI = 'application/vnd.oci.image.manifest.v1+json';
 const servers: RunningServer[] = [];
@@ -112,16 +113,9 @@ describe('start-up with a bad configuration', () => {
   it('stops with one line per problem, naming each variable (a storage directory without user xattrs among them)', async () => {
     const dir = await scratchDir('nixery-ramfs-');
     dirs.push(dir);
-    const { execFileSync, spawn } = await import('node:child_process');
     execFileSync('mount', ['-t', 'ramfs', 'ramfs', dir.path]);
     try {
-      const child = spawn(process.execPath, [`${ROOT}/dist/main.js`], {
-        env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', NIXERY_PKGS_PATH: '/work/x', NIXERY_CHANNEL: 'c', NIX_TIMEOUT: 'abc', STORAGE_PATH: dir.path },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
-      let stderr = '';
-      child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-      const code = await new Promise<number | null>((r) => child.once('exit', r));
+      const { code, stderr } = await runUntilExit({ NIXERY_PKGS_PATH: '/work/x', NIXERY_CHANNEL: 'c', NIX_TIMEOUT: 'abc', STORAGE_PATH: dir.path });
       expect(code).toBe(2);
       expect(stderr.trim().split('\n')).toEqual([
         'nixery-ts: configuration error: NIXERY_CHANNEL: only one package source may be set, but NIXERY_CHANNEL and NIXERY_PKGS_PATH are set',

@@ -3,7 +3,6 @@
  * emulator: pulls through redirects, signed URLs, outages at start and
  * mid-run, and two replicas sharing one bucket.
  */
-import { spawn } from 'node:child_process';
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -11,8 +10,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { inChroot, skopeoPull, unpack } from '../helpers/clients.js';
 import { startEngines } from '../helpers/daemons.js';
 import { startGcsEmulator, type GcsEmulator } from '../helpers/gcs-emulator.js';
-import { DEMO_PKGS, freshSalt, ROOT } from '../helpers/nix.js';
-import { scratchDir, startServer, type RunningServer } from '../helpers/server.js';
+import { DEMO_PKGS, freshSalt } from '../helpers/nix.js';
+import { runUntilExit, scratchDir, startServer, type RunningServer } from '../helpers/server.js';
 
 const OCI = 'application/vnd.oci.image.manifest.v1+json';
 let emu: GcsEmulator;
@@ -113,19 +112,10 @@ describe('gcs outages', () => {
     const down = await startGcsEmulator();
     const port = down.port;
     await down.stop();
-    const child = spawn(process.execPath, [path.join(ROOT, 'dist/main.js')], {
-      env: {
-        PATH: process.env['PATH'] ?? '/usr/bin:/bin',
-        PORT: '0', NIXERY_HOST: '127.0.0.1', NIXERY_PKGS_PATH: DEMO_PKGS,
-        NIXERY_STORAGE_BACKEND: 'gcs', GCS_BUCKET: bucket(), STORAGE_EMULATOR_HOST: `http://127.0.0.1:${port}`,
-      },
-      stdio: ['ignore', 'pipe', 'pipe'],
+    const { code, stderr } = await runUntilExit({
+      PORT: '0', NIXERY_HOST: '127.0.0.1', NIXERY_PKGS_PATH: DEMO_PKGS,
+      NIXERY_STORAGE_BACKEND: 'gcs', GCS_BUCKET: bucket(), STORAGE_EMULATOR_HOST: `http://127.0.0.1:${port}`,
     });
-    let stderr = '';
-    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    const code = await new Promise<number | null>((r) => child.once('exit', r));
-    clearTimeout(timer);
     expect(code).toBe(2);
     const lines = stderr.trim().split('\n');
     expect(lines).toHaveLength(1);
