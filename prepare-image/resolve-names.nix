@@ -14,15 +14,27 @@
 # Reading drvPath writes the .drv files to the store (instantiation), which is
 # what the server then realises with its own timeouts.
 #
-# Lookup rules (Nixery's deepFetch, made total):
+# Lookup rules (Nixery's deepFetch, made total and case-insensitive):
 #   1. the name split on "." is a path through nested sets: "tools.greet";
-#   2. if that fails, the first component is matched case-insensitively
-#      against the top-level names, because registry names are lowercase
-#      while package sets use camelCase ("haskellpackages.x" finds
-#      haskellPackages.x). Nested components stay case-sensitive: nested
-#      sets often hold names that differ only in case;
-#   3. a name starting with a digit is also tried with a "_" prefix, the
-#      nixpkgs convention for such attributes ("7zip" finds _7zip).
+#   2. each component is looked up in the set reached so far, at its own
+#      level, because registry names are lowercase while package sets use
+#      camelCase at every depth ("haskellpackages.quickcheck" finds
+#      haskellPackages.QuickCheck):
+#        a. the attribute with exactly that name;
+#        b. else the one attribute whose lowercase form equals the lowercased
+#           component; if two or more do (Foo and FOO, no foo), the answer is
+#             { "name": "ambig.foo", "kind": "ambiguous",
+#               "candidates": [ "ambig.FOO", "ambig.Foo" ] }
+#           with the full attribute paths in attrNames order;
+#        c. else, for a component starting with a digit, a and b again with a
+#           "_" prefix, the nixpkgs convention for such attributes ("7zip"
+#           finds _7zip, "x.7zip" finds x._7zip);
+#      the choice at one level is final (no backtracking into other spellings
+#      when a deeper component is missing).
+#   3. Cost stays flat: an exact hit never lists the set's names. A set's
+#      lowercase index (attrNames + toLower) is built lazily, only when a
+#      component misses there, and at most once per evaluation: lookup states
+#      are shared by every requested name with the same prefix.
 #
 # Names only ever arrive as JSON data and are used as attribute *names*, never
 # spliced into Nix source, so a name like `x"; builtins.abort "y` is just an
@@ -30,9 +42,10 @@
 # anything that is not a set on the way is "not_found"; a value that exists but
 # is not a derivation (a function like lib.toLower, a string, a plain set like
 # lib) is "not_a_derivation". Values that `throw` when forced (nixpkgs' removed
-# aliases) count as not found; derivations whose drvPath throws (nixpkgs'
-# broken/unfree checks) as not_a_derivation. `abort` cannot be caught in Nix;
-# the package set must not abort on attribute access.
+# aliases) count as absent at every step (so a throwing `foo` does not hide a
+# working `Foo`, and is never a candidate); derivations whose drvPath throws
+# (nixpkgs' broken/unfree checks) are not_a_derivation. `abort` cannot be
+# caught in Nix; the package set must not abort on attribute access.
 { srcType
 , srcArgs
 , packages
@@ -41,8 +54,8 @@
 }:
 
 let
-  inherit (builtins) attrNames filter hasAttr head isAttrs isString
-    listToAttrs map substring tail tryEval;
+  inherit (builtins) attrNames concatMap concatStringsSep elemAt filter genList
+    hasAttr isAttrs isString length listToAttrs map substring tryEval;
 
   pkgs = import ./load-pkgs.nix { inherit srcType srcArgs system importArgs; };
 
@@ -53,54 +66,61 @@ let
 
   # Own helpers rather than pkgs.lib: the package set need not provide a lib.
   toLower = builtins.replaceStrings
-    (builtins.genList (i: substring i 1 "ABCDEFGHIJKLMNOPQRSTUVWXYZ") 26)
-    (builtins.genList (i: substring i 1 "abcdefghijklmnopqrstuvwxyz") 26);
+    (genList (i: substring i 1 "ABCDEFGHIJKLMNOPQRSTUVWXYZ") 26)
+    (genList (i: substring i 1 "abcdefghijklmnopqrstuvwxyz") 26);
   splitDots = s: filter isString (builtins.split "\\." s);
   isDigit = c: builtins.elem c [ "0" "1" "2" "3" "4" "5" "6" "7" "8" "9" ];
+  dotted = concatStringsSep ".";
 
-  # Forcing a value may throw (removed aliases); treat that as "not a set".
+  # Forcing a value may throw (removed aliases); treat that as "absent".
+  forces = v: (tryEval v).success;
   isSet = v: let r = tryEval (isAttrs v); in r.success && r.value;
 
-  # Follow an attribute path; null when some step is missing.
-  walk = path: v:
-    if path == [ ] then { value = v; }
-    else if isSet v && hasAttr (head path) v then walk (tail path) v.${head path}
-    else null;
+  # A lookup state: where a (prefix of a) requested name leads.
+  #   found:  { attr = [ real names ]; value; index; }
+  #   failed: { kind = "not_found"; } or { kind = "ambiguous"; candidates; }
+  # `index` (lowercase name -> real names) is a lazy attribute of the state:
+  # evaluated only when a component misses in that set, then shared.
+  found = attr: value: {
+    inherit attr value;
+    index = builtins.groupBy toLower (attrNames value);
+  };
+  root = found [ ] pkgs;
 
-  # lowercased top-level name -> real name. Lazy: built only when a
-  # case-insensitive retry happens. If two names differ only in case, the
-  # first in attrNames order wins (an exact match never gets here).
-  topLevelByLower = listToAttrs (map (n: { name = toLower n; value = n; })
-    (attrNames pkgs));
-
-  # The attribute paths tried for one name, in order of preference.
-  candidates = name:
+  # One component in the set of a found state (rules 2a-2c).
+  step = state: c:
     let
-      path = splitDots name;
-      first = head path;
-      rest = tail path;
-      caseFixed = f:
-        let lf = toLower f; in
-        if hasAttr lf topLevelByLower && topLevelByLower.${lf} != f
-        then [ ([ topLevelByLower.${lf} ] ++ rest) ] else [ ];
-      digitFixed = if isDigit (substring 0 1 first) then [ "_${first}" ] else [ ];
+      s = state.value;
+      exact = n: if hasAttr n s && forces s.${n} then [ n ] else [ ];
+      # A throwing `n` itself is in the index too; `forces` drops it.
+      folded = n: filter (m: forces s.${m}) (state.index.${toLower n} or [ ]);
+      # Lazy: a later spelling is only tried (forced) while all before found nothing.
+      tries = [ (exact c) (folded c) ]
+        ++ (if isDigit (substring 0 1 c) then [ (exact "_${c}") (folded "_${c}") ] else [ ]);
+      hit = builtins.foldl' (acc: t: if acc != [ ] then acc else t) [ ] tries;
     in
-    [ path ] ++ caseFixed first
-    ++ builtins.concatMap (f: [ ([ f ] ++ rest) ] ++ caseFixed f) digitFixed;
+    if !(isSet s) then { kind = "not_found"; }
+    else if hit == [ ] then { kind = "not_found"; }
+    else if length hit == 1 then found (state.attr ++ hit) s.${builtins.head hit}
+    else { kind = "ambiguous"; candidates = map (m: dotted (state.attr ++ [ m ])) hit; };
 
-  # First candidate that exists: { attr = [...]; value = ...; } or null.
-  lookup = name:
-    builtins.foldl'
-      (found: attr:
-        if found != null then found
-        else
-          let w = walk attr pkgs; in
-          if w == null then null
-          # A value that throws when forced is as good as absent.
-          else if !(tryEval w.value).success then null
-          else { inherit attr; inherit (w) value; })
-      null
-      (candidates name);
+  # The states of every prefix of every requested name, keyed by the prefix
+  # as requested ("a", "a.b", ...; the key is injective since components hold
+  # no dots). Only the keys are computed eagerly; each state is a thunk
+  # built from its parent's, so names with a common prefix share the work
+  # and the lowercase indexes.
+  prefixes = cs: genList (i: genList (elemAt cs) (i + 1)) (length cs);
+  states = listToAttrs (concatMap
+    (name: map (p: { name = dotted p; value = stateOf p; }) (prefixes (splitDots name)))
+    names);
+  stateOf = p:
+    let
+      n = length p;
+      parent = if n == 1 then root else states.${dotted (genList (elemAt p) (n - 1))};
+    in
+    if parent ? kind then parent else step parent (elemAt p (n - 1));
+
+  lookup = name: states.${dotted (splitDots name)};
 
   isDerivation = v:
     let r = tryEval (isAttrs v && (v.type or null) == "derivation"); in
@@ -108,21 +128,21 @@ let
 
   resolve = name:
     let
-      found = lookup name;
-      v = found.value;
+      st = lookup name;
+      v = st.value;
       # `or null`: a missing attribute is an error tryEval cannot catch.
       drv = tryEval (v.drvPath or null);
       out = tryEval (v.outPath or null);
       usable = r: r.success && isString r.value;
     in
-    if found == null then { inherit name; kind = "not_found"; }
+    if st ? kind then { inherit name; } // st
     else if !(isDerivation v && usable drv && usable out)
     then { inherit name; kind = "not_a_derivation"; }
     # The key is `out`, not `outPath`: toJSON turns any set that has an
     # outPath into just that string.
     else {
       inherit name;
-      attr = builtins.concatStringsSep "." found.attr;
+      attr = dotted st.attr;
       drv = drv.value;
       out = out.value;
     };

@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/setup-system.sh
+bash scripts/setup-system.sh serve
 [ -d node_modules ] || npm ci --no-audit --no-fund
 npm run build --silent
 

@@ -3,27 +3,42 @@
 # without a Nix daemon (root, single-user store). Idempotent: safe to run on
 # every CI run and before every demo.
 #
+#   bash scripts/setup-system.sh serve   what serving the demo package set needs (npm run demo)
+#   bash scripts/setup-system.sh test    that, plus every tool the tests use (.ci/run)
+#
+# serve:
 #   nix-bin                  Nix itself (2.8 on Debian 12)
 #   patchelf busybox-static htop jq git curl nano moreutils gcc
 #   ca-certificates netbase perl openssl
 #                            the Debian programs and files nix/demo-pkgs copies into the store
+# test, in addition:
 #   skopeo umoci             registry clients the tests pull with
 #   podman containerd docker.io runc
 #                            container engines the tests start themselves (pull + run)
 #   docker-registry          CNCF distribution: the reference in bench/serve
 #   attr procps              getfattr and ps, used by tests
 #   chromium                 the real browser the start-page test drives (playwright-core)
+#   faketime                 runs the clock-independent tests a year ahead (.ci/run)
 set -euo pipefail
 
-PACKAGES=(
+profile="${1:-}"
+SERVE_PACKAGES=(
   nix-bin
   patchelf busybox-static htop jq git curl nano moreutils gcc ca-certificates netbase perl openssl
+)
+TEST_PACKAGES=(
   skopeo umoci
   podman containerd docker.io runc
   docker-registry
   attr procps
   chromium
+  faketime
 )
+case "$profile" in
+  serve) PACKAGES=("${SERVE_PACKAGES[@]}") ;;
+  test) PACKAGES=("${SERVE_PACKAGES[@]}" "${TEST_PACKAGES[@]}") ;;
+  *) echo "usage: $0 serve|test" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -36,11 +36,24 @@ export class InvalidTagError extends NixeryError {
   }
 }
 
-export type MissingPackageKind = 'not_found' | 'not_a_derivation';
+export type MissingPackageKind = 'not_found' | 'not_a_derivation' | 'ambiguous';
 
 export interface MissingPackage {
   readonly name: string;
   readonly kind: MissingPackageKind;
+  /** For `ambiguous`: the attribute paths that differ only in case, e.g. `caseFixture.Greet`. */
+  readonly candidates?: readonly string[];
+}
+
+function describeMissing(p: MissingPackage): string {
+  switch (p.kind) {
+    case 'not_found':
+      return p.name;
+    case 'not_a_derivation':
+      return `${p.name} (not a derivation)`;
+    case 'ambiguous':
+      return `${p.name} (ambiguous: ${(p.candidates ?? []).join(' or ')})`;
+  }
 }
 
 /** Some requested names are not packages of the configured package set. */
@@ -48,9 +61,7 @@ export class PackagesNotFoundError extends NixeryError {
   readonly code = 'PACKAGES_NOT_FOUND';
   constructor(readonly packages: readonly MissingPackage[]) {
     super(
-      `packages not found: ${packages
-        .map((p) => (p.kind === 'not_found' ? p.name : `${p.name} (not a derivation)`))
-        .join(', ')}`,
+      `packages not found: ${packages.map(describeMissing).join(', ')}`,
     );
   }
 }
@@ -103,6 +114,14 @@ export class ManifestNotFoundError extends NixeryError {
   readonly code = 'MANIFEST_UNKNOWN';
   constructor(readonly reference: string, readonly reason: string) {
     super(`manifest unknown: ${reference}: ${reason}`);
+  }
+}
+
+/** A path outside the registry API that is not a page of the start page. */
+export class PageNotFoundError extends NixeryError {
+  readonly code = 'NOT_FOUND';
+  constructor(readonly path: string) {
+    super(`no page at ${path.length > 200 ? `${path.slice(0, 200)}…` : path}`);
   }
 }
 

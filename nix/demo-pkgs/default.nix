@@ -39,8 +39,13 @@
 #
 # Test fixtures besides the packages: tools.greet (nested set), extraPackages
 # (camelCase set with nested members), _7zip (name starting with a digit),
-# notAPackage (not a derivation), motd (single-file store path), large-blob,
-# broken-build, slow-build, slow-chatty-build.
+# caseFixture (names matched case-insensitively at every level:
+# caseFixture.Greet and caseFixture.GREET differ only in case, so
+# "casefixture.greet" is ambiguous while "caseFixture.GREET" is exact;
+# caseFixture._7zip is "casefixture.7zip"; caseFixture.Inner.HelloWorld is
+# "casefixture.inner.helloworld"), notAPackage (not a derivation), motd
+# (single-file store path), large-blob, broken-build, slow-build,
+# slow-chatty-build.
 { system ? builtins.currentSystem
 , slowSeconds ? 300
 , largeBlobMiB ? 16
@@ -442,5 +447,11 @@ in
   motd = writeText "motd" "Welcome to a nixery-ts demo image.\n";
   tools = { inherit greet hello; };                           # nested, like xorg.xev
   extraPackages = { inherit greet jq; prettyJson = jq; };     # like haskellPackages.foo
+  caseFixture = {                                             # see the fixture list above
+    Greet = greet;
+    GREET = hello;                                            # differs from Greet only in case
+    inherit _7zip;
+    Inner = { HelloWorld = hello; };
+  };
   notAPackage = { description = "a plain attribute set, not a derivation"; };
 }

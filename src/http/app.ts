@@ -8,8 +8,8 @@ import { ServerResponse } from 'node:http';
 import { Readable, pipeline, type Writable } from 'node:stream';
 import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
 import { Hono, type Context } from 'hono';
-import { parseDigest } from '../digest.js';
-import { BlobNotFoundError, RangeNotSatisfiableError, UnsupportedError } from '../errors.js';
+import { parseDigest, type Digest } from '../digest.js';
+import { BlobNotFoundError, ManifestNotFoundError, PageNotFoundError, RangeNotSatisfiableError, UnsupportedError } from '../errors.js';
 import { isValidTag, parseImageName, validateName } from '../image/name.js';
 import type { Logger } from '../log.js';
 import { negotiateManifestType } from '../manifest/build.js';
@@ -40,7 +40,7 @@ const API_VERSION = { 'Docker-Distribution-API-Version': 'registry/2.0' };
 /** Error codes of a write to a client that has gone away. */
 const CLIENT_GONE = new Set(['ERR_STREAM_PREMATURE_CLOSE', 'ERR_STREAM_DESTROYED', 'ECONNRESET', 'EPIPE']);
 
-/** `/v2/<name>/<kind>/<reference>`; the name itself contains slashes. */
+/** `/v2/<name>/<kind>/<reference>`: only to find the name in a raw path with dot segments. */
 const ROUTE = /^\/v2\/(.+)\/(manifests|blobs|tags)\/([^/]+)$/;
 
 export function createApp(deps: AppDeps): Hono<Env> {
@@ -69,7 +69,7 @@ export function createApp(deps: AppDeps): Hono<Env> {
     log.info({ requestId, method: c.req.method, path: c.req.path, status, ms: Math.round(ms) }, 'request');
   });
 
-  app.onError((err, c) => {
+  function errorResponse(err: unknown, c: Context<Env>): Response {
     const e = toRegistryError(err);
     const requestId = c.get('requestId') ?? randomUUID();
     if (e.fault) log.error({ requestId, err }, 'request failed');
@@ -78,7 +78,17 @@ export function createApp(deps: AppDeps): Hono<Env> {
       'Content-Type': 'application/json',
       'Content-Length': String(Buffer.byteLength(body)),
       ...API_VERSION,
+      'X-Request-Id': requestId,
     });
+  }
+  app.onError(errorResponse);
+  // Outside /v2/ too, a client gets a registry error it can parse.
+  app.notFound((c) => {
+    const method = c.req.method;
+    return errorResponse(
+      method === 'GET' || method === 'HEAD' ? new PageNotFoundError(c.req.path) : new UnsupportedError(`${method} ${c.req.path}`, 'only GET and HEAD are served here'),
+      c,
+    );
   });
 
   // The URL parser resolves dot segments (/v2/../etc -> /etc) before routing;
@@ -98,35 +108,26 @@ export function createApp(deps: AppDeps): Hono<Env> {
     ...API_VERSION,
   }));
 
-  app.all('/v2/*', async (c) => {
-    const m = ROUTE.exec(c.req.path);
+  // The name contains slashes: `{.+}` lets it span path segments, and the
+  // reference or digest is the last segment. Middleware sees both as params.
+  app.on(['GET', 'HEAD'], '/v2/:name{.+}/manifests/:reference', (c) => manifest(c, c.req.param('name'), c.req.param('reference')));
+  app.on(['GET', 'HEAD'], '/v2/:name{.+}/blobs/:digest', (c) => blob(c, c.req.param('name'), c.req.param('digest')));
+  app.get('/v2/:name{.+}/tags/list', (c) => tagsList(c, c.req.param('name')));
+
+  app.all('/v2/*', (c) => {
+    // Uploads (/blobs/uploads/...), deletes, pushes and unknown routes.
     const method = c.req.method;
-    const readOnly = method === 'GET' || method === 'HEAD';
-    if (!m) {
-      // Uploads (/blobs/uploads/...), deletes and unknown routes.
-      throw readOnly
-        ? new UnsupportedError(`${method} ${c.req.path}`, 'this registry serves /v2/<name>/manifests/<reference>, /v2/<name>/blobs/<digest> and /v2/<name>/tags/list')
-        : new UnsupportedError(`${method} (pushing and deleting)`);
-    }
-    const [, name, kind, reference] = m as unknown as [string, string, string, string];
-    if (!readOnly || (kind === 'tags' && method !== 'GET')) throw new UnsupportedError(`${method} on ${kind} (pushing and deleting)`);
-    switch (kind) {
-      case 'manifests':
-        return manifest(c, name, reference);
-      case 'blobs':
-        return blob(c, name, reference);
-      default:
-        if (reference !== 'list') throw new UnsupportedError(`${method} ${c.req.path}`);
-        return tagsList(c, name);
-    }
+    throw method === 'GET' || method === 'HEAD'
+      ? new UnsupportedError(`${method} ${c.req.path}`, 'this registry serves /v2/<name>/manifests/<reference>, /v2/<name>/blobs/<digest> and /v2/<name>/tags/list')
+      : new UnsupportedError(`${method} (pushing and deleting)`);
   });
 
   async function manifest(c: Context<Env>, name: string, reference: string): Promise<Response> {
     let served: ServedManifest;
-    // Tags cannot contain ':', so anything with one is meant as a digest (and validated as one).
-    if (reference.includes(':')) {
-      validateName(name);
-      served = await deps.service.manifestByDigest(parseDigest(reference));
+    validateName(name);
+    const ref = classifyReference(reference);
+    if (ref.kind === 'digest') {
+      served = await deps.service.manifestByDigest(ref.digest);
     } else {
       const spec = parseImageName(name, reference);
       served = await deps.service.manifest(spec, negotiateManifestType(c.req.header('accept')));
@@ -225,12 +226,33 @@ export function createApp(deps: AppDeps): Hono<Env> {
         seconds: (Date.now() - b.startedAt) / 1000,
       })),
     }, c.req.path);
-    if (html === undefined) return c.text('not found', 404);
+    if (html === undefined) throw new PageNotFoundError(c.req.path);
     return c.html(html);
   });
 
   return app;
 }
+
+/**
+ * A manifest reference is a tag or a digest. A digest-shaped reference
+ * (`algorithm:encoded`, as in the OCI grammar) that is not a sha256 digest of
+ * ours is malformed (400 DIGEST_INVALID); anything that is neither a tag nor
+ * digest-shaped names a manifest that cannot exist (404 MANIFEST_UNKNOWN, as
+ * the conformance suite expects for `.INVALID_MANIFEST_NAME`).
+ */
+export function classifyReference(reference: string): { kind: 'tag' } | { kind: 'digest'; digest: Digest } {
+  if (isValidTag(reference)) return { kind: 'tag' };
+  if (DIGEST_SHAPED.test(reference)) return { kind: 'digest', digest: parseDigest(reference) };
+  throw new ManifestNotFoundError(
+    reference.length > 140 ? `${reference.slice(0, 128)}…` : reference,
+    reference.length > 128
+      ? `a tag is at most 128 characters; this reference has ${reference.length}`
+      : 'neither a tag (letters, digits, ".", "_" and "-", not starting with "." or "-") nor a digest (algorithm:hex)',
+  );
+}
+
+/** The OCI digest grammar: algorithm-component (separator algorithm-component)* ":" encoded. */
+const DIGEST_SHAPED = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
 
 /**
  * A served stream that can also write itself into a socket without a fresh

@@ -12,6 +12,7 @@ import {
   ManifestNotFoundError,
   NixBuildError,
   PackagesNotFoundError,
+  PageNotFoundError,
   RangeNotSatisfiableError,
   StorageError,
   UnsupportedError,
@@ -36,9 +37,10 @@ export function toRegistryError(err: unknown): RegistryError {
   if (err instanceof PackagesNotFoundError) {
     return expected(404, 'MANIFEST_UNKNOWN', err.message, { packages: err.packages });
   }
-  if (err instanceof ManifestNotFoundError) return expected(404, 'MANIFEST_UNKNOWN', err.message, { reference: err.reference });
+  if (err instanceof ManifestNotFoundError) return expected(404, 'MANIFEST_UNKNOWN', err.message, { reference: err.reference, reason: err.reason });
   if (err instanceof BlobNotFoundError) return expected(404, 'BLOB_UNKNOWN', err.message, { digest: err.digest });
   if (err instanceof RangeNotSatisfiableError) return expected(416, 'RANGE_INVALID', err.message, { size: err.size });
+  if (err instanceof PageNotFoundError) return expected(404, 'NOT_FOUND', err.message);
   if (err instanceof UnsupportedError) return expected(405, 'UNSUPPORTED', err.message);
   if (err instanceof NixBuildError) {
     // The package set failed to build this image: a real failure, but of

@@ -109,7 +109,7 @@ export function parsePathInfo(json: unknown, storeDir = '/nix/store'): { path: s
 
 interface ResolveAnswer {
   ok: ResolvedPackage[];
-  errors: { name: string; kind: MissingPackage['kind'] }[];
+  errors: { name: string; kind: MissingPackage['kind']; candidates?: string[] }[];
 }
 
 export class ExecaNixRunner implements NixRunner {
@@ -205,7 +205,9 @@ export class ExecaNixRunner implements NixRunner {
     // Only parsed after a zero exit: on errors Nix leaves partial JSON on stdout.
     const answer = JSON.parse(stdout) as ResolveAnswer;
     if (answer.errors.length > 0) {
-      throw new PackagesNotFoundError(answer.errors.map((e) => ({ name: e.name, kind: e.kind })));
+      throw new PackagesNotFoundError(
+        answer.errors.map((e) => ({ name: e.name, kind: e.kind, ...(e.candidates ? { candidates: e.candidates } : {}) })),
+      );
     }
     return answer.ok;
   }

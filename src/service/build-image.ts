@@ -124,6 +124,8 @@ export class ImageService {
   /** Manifest bytes by digest, for warm pulls by tag (content-addressed, so never stale). */
   private readonly manifestBytes: LRUCache<Digest, Buffer>;
   private readonly packLimit: ReturnType<typeof pLimit>;
+  /** Images whose packages are not all in the source at that revision (keyed like records). */
+  private readonly notFound = new LRUCache<string, PackagesNotFoundError>({ max: 10_000 });
 
   /**
    * The layering settings are part of every image key: after a change of
@@ -147,12 +149,21 @@ export class ImageService {
   async manifest(spec: ImageSpec, mediaType: ManifestMediaType): Promise<ServedManifest> {
     const resolved = await this.deps.source.resolve(spec.tag);
     const key = hashKey(MANIFEST_KEY_VERSION, this.layeringIdentity, resolved.revision, spec.arch.nixSystem, ...spec.packages);
+    const missing = this.notFound.get(key);
+    if (missing) throw missing;
     let record = await this.cachedRecord(key);
     if (record) {
       this.stats.manifestCacheHits++;
     } else {
       this.stats.manifestCacheMisses++;
-      record = await this.flights.run(key, () => this.build(spec, key, resolved));
+      try {
+        record = await this.flights.run(key, () => this.build(spec, key, resolved));
+      } catch (e) {
+        // A name is missing from a given revision for good: asking Nix again
+        // until the revision changes would only cost an evaluation per pull.
+        if (e instanceof PackagesNotFoundError) this.notFound.set(key, e);
+        throw e;
+      }
     }
     const { digest } = record.manifests[mediaType];
     // Reading the blob back from storage on every warm pull (open, fstat,

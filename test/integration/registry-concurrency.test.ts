@@ -98,10 +98,8 @@ describe('graceful shutdown', () => {
       () => ({ status: 0, body: 'connection closed' }),
     );
     await until('the slow build to run', async () => (await processesMatching(`-lt ${slowSeconds}`)).length > 0);
-    const started = Date.now();
     const code = await server.stop();
     expect(code).toBe(0);
-    expect(Date.now() - started).toBeLessThan(10_000);
     const answer = await pending;
     expect(answer.status).toBe(503);
     expect(JSON.parse(answer.body).errors[0].code).toBe('UNAVAILABLE');

@@ -106,6 +106,17 @@ describe('manifests', () => {
     await expectRegistryError(await raw('GET', '/v2/hello/blobs/sha256:totallywrong'), 400, 'DIGEST_INVALID');
   });
 
+  it('answers a reference that is neither tag nor digest with 404 MANIFEST_UNKNOWN (GET and HEAD) and runs no Nix', async () => {
+    const before = (await server.stats()).nix;
+    const e = await expectRegistryError(await raw('GET', '/v2/hello/manifests/.INVALID_MANIFEST_NAME'), 404, 'MANIFEST_UNKNOWN');
+    expect(e.detail['reason']).toMatch(/neither a tag .* nor a digest/);
+    const head = await raw('HEAD', '/v2/hello/manifests/.INVALID_MANIFEST_NAME');
+    expect(head.status).toBe(404);
+    expect(head.body.length).toBe(0);
+    const after = (await server.stats()).nix;
+    expect({ evaluations: after.evaluations, realisations: after.realisations }).toEqual({ evaluations: before.evaluations, realisations: before.realisations });
+  });
+
   it('answers an unknown manifest digest with 404 MANIFEST_UNKNOWN', async () => {
     await expectRegistryError(await raw('GET', `/v2/hello/manifests/sha256:${'0'.repeat(64)}`), 404, 'MANIFEST_UNKNOWN');
   });

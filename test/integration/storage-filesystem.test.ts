@@ -48,9 +48,14 @@ describe('filesystem storage specifics', () => {
     const fresh = path.join(root, 'staging', 'fresh');
     await writeFile(stale, 'half a layer');
     await writeFile(fresh, 'a layer being written');
-    const twoHoursAgo = new Date(Date.now() - 2 * 3600_000);
+    // Both ages are set relative to the clock the storage is given, so the
+    // test does not depend on the file system's clock agreeing with ours.
+    const now = Date.now();
+    const twoHoursAgo = new Date(now - 2 * 3600_000);
+    const aMinuteAgo = new Date(now - 60_000);
     await utimes(stale, twoHoursAgo, twoHoursAgo);
-    await FilesystemStorage.open(root);
+    await utimes(fresh, aMinuteAgo, aMinuteAgo);
+    await FilesystemStorage.open(root, now);
     expect(await readdir(path.join(root, 'staging'))).toEqual(['fresh']);
   });
 
