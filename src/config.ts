@@ -27,6 +27,10 @@ export type StorageConfig =
       readonly apiEndpoint: string | undefined;
     };
 
+/** pino's levels; `silent` logs nothing. */
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
 export interface Config {
   readonly host: string;
   readonly port: number;
@@ -49,6 +53,10 @@ export interface Config {
   readonly shutdownGraceSeconds: number;
   /** Extra arguments for importing the package set, e.g. `{"config":{"allowUnfree":true}}`. */
   readonly importArgs: Readonly<Record<string, unknown>>;
+  /** NIXERY_LOG_LEVEL: the least severe level that is logged. */
+  readonly logLevel: LogLevel;
+  /** NIX_CONFIG as given (nix.conf lines), passed on to every Nix process; undefined when unset or empty. */
+  readonly nixConfig: string | undefined;
 }
 
 /** The default channel archive, as in Nixery: GitHub's tarball of a nixpkgs branch or commit. */
@@ -122,6 +130,23 @@ class Reader {
     }
     this.problem(name, 'must be a JSON object, e.g. {"config":{"allowUnfree":true}}');
     return {};
+  }
+
+  /** One of `choices`, compared case-insensitively; anything else is a problem naming them. */
+  choice<T extends string>(name: string, choices: readonly T[], def: T, what: string): T {
+    const raw = this.str(name);
+    if (raw === undefined) return def;
+    const v = choices.find((c) => c === raw.toLowerCase());
+    if (v !== undefined) return v;
+    const list = `${choices.slice(0, -1).join(', ')} or ${choices[choices.length - 1]}`;
+    this.problem(name, `${JSON.stringify(raw)} is not ${what} (use ${list})`);
+    return def;
+  }
+
+  /** The value exactly as given (no trimming), for settings passed on verbatim; blank is unset. */
+  verbatim(name: string): string | undefined {
+    const v = this.env[name];
+    return v === undefined || v.trim() === '' ? undefined : v;
   }
 
   url(name: string, protocols: readonly string[]): string | undefined {
@@ -228,6 +253,8 @@ export function parseConfig(env: Env): Config {
     revisionTtlSeconds: r.int('NIXERY_REVISION_TTL', 30, 0, 24 * 3600),
     // Kubernetes waits 30 s (terminationGracePeriodSeconds) before SIGKILL.
     shutdownGraceSeconds: r.int('NIXERY_SHUTDOWN_GRACE_SECONDS', 20, 0, 3600),
+    logLevel: r.choice('NIXERY_LOG_LEVEL', LOG_LEVELS, 'info', 'a log level'),
+    nixConfig: r.verbatim('NIX_CONFIG'),
   };
   if (r.problems.length > 0 || config.pkgs === undefined || config.storage === undefined) {
     throw new ConfigError(r.problems);

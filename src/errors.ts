@@ -151,3 +151,11 @@ export class RangeNotSatisfiableError extends NixeryError {
     super(`range ${JSON.stringify(range)} is not satisfiable for a blob of ${size} bytes`);
   }
 }
+
+/** The package source cannot be reached or answered nonsense (git remote, channel URL): not the client's fault. */
+export class SourceUnavailableError extends NixeryError {
+  readonly code = 'SOURCE_UNAVAILABLE';
+  constructor(readonly source: string, readonly reason: string, options?: { cause?: unknown }) {
+    super(`package source ${source} is unavailable: ${reason}`, options);
+  }
+}

@@ -4,11 +4,10 @@
  * at scrape time, so the service stays free of any metrics library.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { ImageServiceStats } from './service/build-image.js';
+import type { ImageServiceStats } from './service/observers.js';
 
 export interface MetricSources {
   service: () => ImageServiceStats;
-  singleFlightWaiters: () => number;
   nixRunning: () => number;
 }
 
@@ -71,7 +70,7 @@ export function createMetrics(src: MetricSources): Metrics {
   mirroredCounter(registry, 'nixery_manifest_cache_misses_total', 'Manifest requests that needed a build', () => src.service().manifestCacheMisses);
   mirroredCounter(registry, 'nixery_layer_cache_hits_total', 'Layers reused from storage by content key', () => src.service().layersReused);
   mirroredCounter(registry, 'nixery_layer_cache_misses_total', 'Layers packed and uploaded', () => src.service().layersPacked);
-  mirroredCounter(registry, 'nixery_single_flight_waiters_total', 'Requests that waited on a build already running for the same image', src.singleFlightWaiters);
+  mirroredCounter(registry, 'nixery_single_flight_waiters_total', 'Requests that waited on a build already running for the same image', () => src.service().singleFlightWaiters);
   new Gauge({
     name: 'nixery_nix_processes_running',
     help: 'Nix processes running now',

@@ -1,23 +1,30 @@
 /**
  * The HTTP surface: the pull side of the OCI distribution API under /v2/,
- * the start page everywhere else. No build logic here: names are validated,
- * requests are handed to the image service, errors go through errcode.ts.
+ * operator endpoints, and the start page. No build logic here: names and
+ * references are validated, requests are handed to the image service, and
+ * every error goes through errcode.ts.
+ *
+ * Registry routes are hono routes with the repository name and the
+ * reference as parameters, so middleware (authentication) can read them, and
+ * every response, blobs included, is made with `c.body()`, so headers a
+ * middleware set with `c.header()` reach the client.
  */
-import { randomUUID } from 'node:crypto';
-import { ServerResponse } from 'node:http';
-import { Readable, pipeline, type Writable } from 'node:stream';
-import { RESPONSE_ALREADY_SENT } from '@hono/node-server/utils/response';
+import { Readable } from 'node:stream';
 import { Hono, type Context } from 'hono';
+import { accepts } from 'hono/accepts';
+import { requestId, type RequestIdVariables } from 'hono/request-id';
+import parseRange from 'range-parser';
 import { parseDigest, type Digest } from '../digest.js';
 import { BlobNotFoundError, ManifestNotFoundError, PageNotFoundError, RangeNotSatisfiableError, UnsupportedError } from '../errors.js';
 import { isValidTag, parseImageName, validateName } from '../image/name.js';
 import type { Logger } from '../log.js';
-import { negotiateManifestType } from '../manifest/build.js';
-import type { ImageService, ServedManifest } from '../service/build-image.js';
+import { MediaType, type ManifestMediaType } from '../manifest/build.js';
+import type { ImageService, ServedManifest } from '../service/image-service.js';
+import type { RecentError } from '../service/recent-errors.js';
 import type { ByteRange, StorageBackend } from '../storage/backend.js';
 import { errorBody, toRegistryError } from './errcode.js';
 import { registerOps, routeOf, type OpsDeps } from './ops.js';
-import { renderStartPage, type StartPageInfo } from './web.js';
+import { registerStartPage, type RunningBuild } from './web.js';
 
 export interface AppDeps {
   readonly service: ImageService;
@@ -25,64 +32,53 @@ export interface AppDeps {
   readonly log: Logger;
   /** The tags a repository name can be pulled with. */
   readonly tags: () => Promise<string[]>;
-  readonly startPage: StartPageInfo;
-  /** Counters for operators and tests (builds run, cache hits, Nix calls). */
+  readonly startPage: {
+    readonly webDir: string;
+    readonly source: string;
+    readonly recentErrors: () => readonly RecentError[];
+  };
+  /** Counters for operators and tests (/debug/stats). */
   readonly stats: () => unknown;
+  readonly now?: () => number;
   /** /livez, /readyz, /metrics; request metrics are observed when present. */
   readonly ops?: OpsDeps;
 }
 
-/** Under @hono/node-server the bindings are the raw Node request and response; absent with app.request(). */
-type Env = { Variables: { requestId: string }; Bindings: { incoming?: { url?: string }; outgoing?: unknown } };
+export type AppEnv = { Variables: RequestIdVariables };
 
 const API_VERSION = { 'Docker-Distribution-API-Version': 'registry/2.0' };
-
-/** Error codes of a write to a client that has gone away. */
-const CLIENT_GONE = new Set(['ERR_STREAM_PREMATURE_CLOSE', 'ERR_STREAM_DESTROYED', 'ECONNRESET', 'EPIPE']);
 
 /** `/v2/<name>/<kind>/<reference>`: only to find the name in a raw path with dot segments. */
 const ROUTE = /^\/v2\/(.+)\/(manifests|blobs|tags)\/([^/]+)$/;
 
-export function createApp(deps: AppDeps): Hono<Env> {
-  const app = new Hono<Env>();
+export function createApp(deps: AppDeps): Hono<AppEnv> {
+  const app = new Hono<AppEnv>();
   const { log } = deps;
+  const now = deps.now ?? Date.now;
 
+  app.use('*', requestId());
   app.use('*', async function requestLog(c, next) {
-    const requestId = c.req.header('x-request-id') ?? randomUUID();
-    c.set('requestId', requestId);
     const started = performance.now();
     await next();
-    // A blob piped straight to the socket (see blob()) has sent its headers,
-    // X-Request-Id included, and its status is on the Node response only;
-    // touching c.res then would make the adapter write the headers again.
-    // Manifests and blobs put X-Request-Id in their own headers: setting it
-    // here on a finished response copies it into a full web Response (its
-    // body becomes a ReadableStream the adapter then reads chunk by chunk);
-    // skipping that took warm manifest GETs from about 3,600 to about 6,000
-    // per second (bench/serve.mjs).
-    const outgoing = c.env?.outgoing;
-    const sent = outgoing instanceof ServerResponse && outgoing.headersSent;
-    if (!sent && !c.res.headers.has('X-Request-Id')) c.header('X-Request-Id', requestId);
-    const status = sent ? outgoing.statusCode : c.res.status;
     const ms = performance.now() - started;
-    deps.ops?.metrics.observeRequest(routeOf(c.req.path), c.req.method, status, ms / 1000);
-    log.info({ requestId, method: c.req.method, path: c.req.path, status, ms: Math.round(ms) }, 'request');
+    deps.ops?.metrics.observeRequest(routeOf(c.req.path), c.req.method, c.res.status, ms / 1000);
+    log.info({ requestId: c.get('requestId'), method: c.req.method, path: c.req.path, status: c.res.status, ms: Math.round(ms) }, 'request');
   });
 
-  function errorResponse(err: unknown, c: Context<Env>): Response {
+  function errorResponse(err: unknown, c: Context<AppEnv>): Response {
     const e = toRegistryError(err);
-    const requestId = c.get('requestId') ?? randomUUID();
-    if (e.fault) log.error({ requestId, err }, 'request failed');
-    const body = errorBody(e, requestId);
+    const id = c.get('requestId');
+    if (e.fault) log.error({ requestId: id, err }, 'request failed');
+    const body = errorBody(e, id);
     return reply(c, e.status, body, {
       'Content-Type': 'application/json',
       'Content-Length': String(Buffer.byteLength(body)),
       ...API_VERSION,
-      'X-Request-Id': requestId,
+      ...e.headers,
     });
   }
   app.onError(errorResponse);
-  // Outside /v2/ too, a client gets a registry error it can parse.
+  // Outside the routes too, a client gets a registry error it can parse.
   app.notFound((c) => {
     const method = c.req.method;
     return errorResponse(
@@ -94,7 +90,8 @@ export function createApp(deps: AppDeps): Hono<Env> {
   // The URL parser resolves dot segments (/v2/../etc -> /etc) before routing;
   // a registry must refuse such a name rather than serve another route.
   app.use('*', async function dotSegments(c, next) {
-    const rawPath = (c.env?.incoming?.url ?? '').split('?')[0] ?? '';
+    const incoming = (c.env as { incoming?: { url?: string } } | undefined)?.incoming;
+    const rawPath = (incoming?.url ?? '').split('?')[0] ?? '';
     if (rawPath.startsWith('/v2/') && /(^|\/)\.\.?(\/|$)/.test(rawPath)) {
       const m = ROUTE.exec(rawPath);
       validateName(m ? m[1]! : rawPath.slice(4));
@@ -102,14 +99,10 @@ export function createApp(deps: AppDeps): Hono<Env> {
     await next();
   });
 
-  app.on(['GET', 'HEAD'], ['/v2', '/v2/'], (c) => reply(c, 200, '{}', {
-    'Content-Type': 'application/json',
-    'Content-Length': '2',
-    ...API_VERSION,
-  }));
+  app.on(['GET', 'HEAD'], ['/v2', '/v2/'], (c) => reply(c, 200, '{}', { 'Content-Type': 'application/json', 'Content-Length': '2', ...API_VERSION }));
 
-  // The name contains slashes: `{.+}` lets it span path segments, and the
-  // reference or digest is the last segment. Middleware sees both as params.
+  // The name contains slashes: `{.+}` lets it span path segments; the
+  // reference or digest is the last segment.
   app.on(['GET', 'HEAD'], '/v2/:name{.+}/manifests/:reference', (c) => manifest(c, c.req.param('name'), c.req.param('reference')));
   app.on(['GET', 'HEAD'], '/v2/:name{.+}/blobs/:digest', (c) => blob(c, c.req.param('name'), c.req.param('digest')));
   app.get('/v2/:name{.+}/tags/list', (c) => tagsList(c, c.req.param('name')));
@@ -122,26 +115,22 @@ export function createApp(deps: AppDeps): Hono<Env> {
       : new UnsupportedError(`${method} (pushing and deleting)`);
   });
 
-  async function manifest(c: Context<Env>, name: string, reference: string): Promise<Response> {
-    let served: ServedManifest;
+  async function manifest(c: Context<AppEnv>, name: string, reference: string): Promise<Response> {
     validateName(name);
     const ref = classifyReference(reference);
-    if (ref.kind === 'digest') {
-      served = await deps.service.manifestByDigest(ref.digest);
-    } else {
-      const spec = parseImageName(name, reference);
-      served = await deps.service.manifest(spec, negotiateManifestType(c.req.header('accept')));
-    }
+    const served: ServedManifest =
+      ref.kind === 'digest'
+        ? await deps.service.manifestByDigest(ref.digest)
+        : await deps.service.manifest(parseImageName(name, reference), negotiate(c));
     return reply(c, 200, new Uint8Array(served.bytes), {
       'Content-Type': served.mediaType,
       'Content-Length': String(served.bytes.length),
       'Docker-Content-Digest': served.digest,
       ...API_VERSION,
-      'X-Request-Id': c.get('requestId'),
     });
   }
 
-  async function blob(c: Context<Env>, name: string, reference: string): Promise<Response> {
+  async function blob(c: Context<AppEnv>, name: string, reference: string): Promise<Response> {
     validateName(name);
     const digest = parseDigest(reference);
     const info = await deps.storage.statBlob(digest);
@@ -154,49 +143,23 @@ export function createApp(deps: AppDeps): Hono<Env> {
       'Cache-Control': 'public, max-age=31536000, immutable',
       ETag: `"${digest}"`,
       ...API_VERSION,
-      'X-Request-Id': c.get('requestId'),
     };
     const rangeHeader = c.req.header('range');
-    const range = rangeHeader === undefined ? undefined : parseRange(rangeHeader, info.size);
+    const range = rangeHeader === undefined ? undefined : byteRange(rangeHeader, info.size);
     if (c.req.method === 'HEAD') return reply(c, 200, null, { ...headers, 'Content-Length': String(info.size) });
     const served = await deps.storage.serveBlob(digest, range, info);
     if (served === undefined) throw new BlobNotFoundError(digest);
-    if (served.kind === 'redirect') {
-      return reply(c, 307, null, { Location: served.url, 'Docker-Content-Digest': digest, ...API_VERSION, 'X-Request-Id': c.get('requestId') });
-    }
-    const status = range ? 206 : 200;
-    deps.ops?.metrics.addBytesServed(range ? range.end - range.start + 1 : info.size);
-    const sized: Record<string, string> = range
-      ? { ...headers, 'Content-Length': String(range.end - range.start + 1), 'Content-Range': `bytes ${range.start}-${range.end}/${info.size}` }
-      : { ...headers, 'Content-Length': String(info.size) };
-    const outgoing = c.env?.outgoing;
-    if (outgoing instanceof ServerResponse) {
-      // Served by @hono/node-server: write the file into the socket ourselves.
-      // Through a web ReadableStream, Node 20's Readable.toWeb copies every
-      // chunk (new Uint8Array(buffer), to detach it from the pool) and each
-      // chunk then crosses two stream machineries and the adapter's reader
-      // loop: measured at about half the throughput of a plain pipe, with
-      // the copies showing up as GC time (bench/serve.mjs). Both ways below
-      // keep backpressure and release the file when the client goes away.
-      // Errors before this point (404, 416) still go through app.onError.
-      outgoing.writeHead(status, sized);
-      const failed = (err: Error | null | undefined) => {
-        // The client hung up, or the file failed mid-way, after the headers:
-        // nothing more can be said on this connection. Only the second is news.
-        if (!err) return;
-        const clientGone = outgoing.socket === null || outgoing.socket.destroyed || CLIENT_GONE.has((err as NodeJS.ErrnoException).code ?? '');
-        outgoing.destroy();
-        if (!clientGone) log.warn({ requestId: c.get('requestId'), digest, err: err.message }, 'blob stream failed');
-      };
-      if (sendsToSocket(served.stream)) served.stream.sendTo(outgoing).catch(failed);
-      else pipeline(served.stream as Readable, outgoing, failed);
-      return RESPONSE_ALREADY_SENT;
-    }
-    // In-process (app.request() in tests): a web stream in a Response.
-    return reply(c, status, Readable.toWeb(served.stream as Readable) as ReadableStream, sized);
+    if (served.kind === 'redirect') return reply(c, 307, null, { Location: served.url, 'Docker-Content-Digest': digest, ...API_VERSION });
+    const length = range ? range.end - range.start + 1 : info.size;
+    deps.ops?.metrics.addBytesServed(length);
+    return reply(c, range ? 206 : 200, webStream(served.stream), {
+      ...headers,
+      'Content-Length': String(length),
+      ...(range ? { 'Content-Range': `bytes ${range.start}-${range.end}/${info.size}` } : {}),
+    });
   }
 
-  async function tagsList(c: Context<Env>, name: string): Promise<Response> {
+  async function tagsList(c: Context<AppEnv>, name: string): Promise<Response> {
     validateName(name);
     // Git refs such as feature/x cannot be requested as tags, so they are not listed.
     const all = (await deps.tags()).filter(isValidTag).sort();
@@ -210,27 +173,52 @@ export function createApp(deps: AppDeps): Hono<Env> {
       if (tags.length > n && n > 0) link = `</v2/${name}/tags/list?n=${n}&last=${encodeURIComponent(tags[n - 1]!)}>; rel="next"`;
       tags = tags.slice(0, n);
     }
-    return c.json({ name, tags }, 200, { ...API_VERSION, ...(link ? { Link: link } : {}) });
+    const body = JSON.stringify({ name, tags });
+    return reply(c, 200, body, { 'Content-Type': 'application/json', ...API_VERSION, ...(link ? { Link: link } : {}) });
   }
 
   app.get('/debug/stats', (c) => c.json(deps.stats()));
   if (deps.ops) registerOps(app, deps.ops);
 
-  app.on(['GET', 'HEAD'], '*', async (c) => {
-    const html = await renderStartPage(deps.startPage, {
-      host: c.req.header('host') ?? 'localhost',
-      recentErrors: deps.service.recentErrors.list(),
-      running: [...deps.service.running.values()].map((b) => ({
-        image: b.image,
-        packages: b.packages,
-        seconds: (Date.now() - b.startedAt) / 1000,
-      })),
-    }, c.req.path);
-    if (html === undefined) throw new PageNotFoundError(c.req.path);
-    return c.html(html);
+  registerStartPage(app, {
+    webDir: deps.startPage.webDir,
+    source: deps.startPage.source,
+    live: () => ({
+      recentErrors: deps.startPage.recentErrors(),
+      running: deps.service.running().map((b): RunningBuild => ({ image: b.image, packages: b.packages, seconds: (now() - b.startedAt) / 1000 })),
+    }),
   });
 
   return app;
+}
+
+/**
+ * The manifest flavour a client prefers, by q-value (RFC 9110: the order of
+ * equal q-values means nothing, so a tie goes to OCI). a bare wildcard alone does not
+ * count as accepting OCI: old Docker clients send it and understand only
+ * Docker schema 2, which is also the answer when no manifest type is named.
+ */
+function negotiate(c: Context): ManifestMediaType {
+  return accepts(c, {
+    header: 'Accept',
+    supports: [MediaType.ociManifest, MediaType.dockerManifest],
+    default: MediaType.dockerManifest,
+    match: (entries, { supports, default: fallback }) => {
+      const quality = (type: string) => {
+        const exact = entries.filter((e) => e.type.toLowerCase() === type);
+        if (exact.length > 0) return Math.max(...exact.map((e) => e.q));
+        const partial = entries.filter((e) => e.type.toLowerCase() === `${type.split('/')[0]}/*`);
+        return partial.length > 0 ? Math.max(...partial.map((e) => e.q)) : 0;
+      };
+      let best = fallback;
+      let bestQ = 0;
+      for (const type of supports) {
+        const q = quality(type);
+        if (q > bestQ) [best, bestQ] = [type, q];
+      }
+      return best;
+    },
+  }) as ManifestMediaType;
 }
 
 /**
@@ -255,39 +243,42 @@ export function classifyReference(reference: string): { kind: 'tag' } | { kind: 
 const DIGEST_SHAPED = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
 
 /**
- * A served stream that can also write itself into a socket without a fresh
- * buffer per chunk (storage/filesystem.ts: about half the CPU per download).
+ * One byte range of a Range header (RFC 9110), clamped to the blob. A
+ * malformed header or several ranges get the whole blob; a range that
+ * starts beyond the end is 416.
  */
-interface SendsToSocket {
-  sendTo(out: Writable): Promise<void>;
+export function byteRange(header: string, size: number): ByteRange | undefined {
+  const r = parseRange(size, header);
+  if (r === -2) return undefined;
+  if (r === -1) throw new RangeNotSatisfiableError(header, size);
+  if (r.type !== 'bytes' || r.length !== 1) return undefined;
+  return { start: r[0]!.start, end: r[0]!.end };
 }
 
-function sendsToSocket(s: unknown): s is SendsToSocket {
-  return typeof (s as Partial<SendsToSocket>).sendTo === 'function';
+/**
+ * A Node stream as a web stream without copying its chunks (Readable.toWeb
+ * copies each one), ending the file read when the client goes away.
+ */
+function webStream(stream: NodeJS.ReadableStream): ReadableStream<Uint8Array> {
+  const node = stream instanceof Readable ? stream : new Readable().wrap(stream);
+  const chunks = node[Symbol.asyncIterator]();
+  return new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      const { value, done } = await chunks.next();
+      if (done) controller.close();
+      else controller.enqueue(value as Uint8Array);
+    },
+    async cancel() {
+      await chunks.return?.();
+    },
+  }, { highWaterMark: 1 });
 }
 
-/** A response whose headers are exactly these; HEAD gets the headers without the body. */
-function reply(c: Context, status: number, body: string | Uint8Array | ReadableStream | null, headers: Record<string, string>): Response {
-  if (c.req.method === 'HEAD' && body instanceof ReadableStream) void body.cancel();
-  return new Response(c.req.method === 'HEAD' ? null : body, { status, headers });
-}
-
-/** RFC 9110 single byte ranges: `bytes=a-b`, `bytes=a-`, `bytes=-n`. Multiple ranges get the whole blob. */
-export function parseRange(header: string, size: number): ByteRange | undefined {
-  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
-  if (!m || (m[1] === '' && m[2] === '')) return undefined;
-  let start: number;
-  let end: number;
-  if (m[1] === '') {
-    const suffix = Number(m[2]);
-    if (suffix === 0) throw new RangeNotSatisfiableError(header, size);
-    start = Math.max(0, size - suffix);
-    end = size - 1;
-  } else {
-    start = Number(m[1]);
-    end = m[2] === '' ? size - 1 : Math.min(Number(m[2]), size - 1);
-    if (m[2] !== '' && Number(m[2]) < start) return undefined; // invalid: ignore the header
+/** A response whose headers are these plus any a middleware set; HEAD gets the headers without the body. */
+function reply(c: Context, status: number, body: string | Uint8Array<ArrayBuffer> | ReadableStream | null, headers: Record<string, string>): Response {
+  if (c.req.method === 'HEAD') {
+    if (body instanceof ReadableStream) void body.cancel();
+    return c.body(null, status as 200, headers);
   }
-  if (start >= size) throw new RangeNotSatisfiableError(header, size);
-  return { start, end };
+  return body === null ? c.body(null, status as 200, headers) : c.body(body, status as 200, headers);
 }

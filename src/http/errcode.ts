@@ -2,20 +2,20 @@
  * The one table from domain errors to registry error codes and HTTP
  * statuses, and the one writer of the error envelope
  * `{"errors":[{"code","message","detail"}]}` (OCI distribution spec).
+ * Keyed on each domain error's `code`, so a new error is one row here.
  */
-import {
+import { NixeryError } from '../errors.js';
+import type {
   BlobNotFoundError,
-  BuildAbortedError,
   InvalidDigestError,
   InvalidImageNameError,
   InvalidTagError,
   ManifestNotFoundError,
   NixBuildError,
   PackagesNotFoundError,
-  PageNotFoundError,
   RangeNotSatisfiableError,
+  SourceUnavailableError,
   StorageError,
-  UnsupportedError,
 } from '../errors.js';
 
 export interface RegistryError {
@@ -23,39 +23,62 @@ export interface RegistryError {
   readonly code: string;
   readonly message: string;
   readonly detail?: unknown;
+  /** Response headers that belong to the error (WWW-Authenticate, Retry-After, Content-Range). */
+  readonly headers?: Readonly<Record<string, string>>;
   /** Unexpected: log with stack and request id. */
   readonly fault: boolean;
+  /** The domain error this answers. */
+  readonly cause?: unknown;
+}
+
+type Row = (err: never) => Omit<RegistryError, 'cause'>;
+
+const expected = (status: number, code: string, message: string, detail?: unknown): Omit<RegistryError, 'cause'> => ({
+  status, code, message, detail, fault: false,
+});
+
+const TABLE: Readonly<Record<string, Row>> = {
+  NAME_INVALID: (e: InvalidImageNameError) => expected(400, 'NAME_INVALID', e.message, { name: e.imageName, reason: e.reason }),
+  TAG_INVALID: (e: InvalidTagError) => expected(400, 'TAG_INVALID', e.message, { tag: e.tag, reason: e.reason }),
+  DIGEST_INVALID: (e: InvalidDigestError) => expected(400, 'DIGEST_INVALID', e.message, { digest: e.digest }),
+  PACKAGES_NOT_FOUND: (e: PackagesNotFoundError) => expected(404, 'MANIFEST_UNKNOWN', e.message, { packages: e.packages }),
+  MANIFEST_UNKNOWN: (e: ManifestNotFoundError) => expected(404, 'MANIFEST_UNKNOWN', e.message, { reference: e.reference, reason: e.reason }),
+  BLOB_UNKNOWN: (e: BlobNotFoundError) => expected(404, 'BLOB_UNKNOWN', e.message, { digest: e.digest }),
+  NOT_FOUND: (e: NixeryError) => expected(404, 'NOT_FOUND', e.message),
+  RANGE_INVALID: (e: RangeNotSatisfiableError) => ({
+    ...expected(416, 'RANGE_INVALID', e.message, { size: e.size }),
+    headers: { 'Content-Range': `bytes */${e.size}` },
+  }),
+  UNSUPPORTED: (e: NixeryError) => expected(405, 'UNSUPPORTED', e.message),
+  // The package set failed to build this image: a failure of the image, not
+  // of the server; its stderr is on the start page too.
+  NIX_BUILD_FAILED: (e: NixBuildError) => ({
+    status: 500,
+    code: 'UNKNOWN',
+    message: e.timedOut ? 'image build timed out' : `image build failed${buildFailureHint(e.stderr)}`,
+    detail: { command: e.command, exitCode: e.exitCode, timedOut: e.timedOut, stderr: e.stderr },
+    fault: false,
+  }),
+  BUILD_ABORTED: (e: NixeryError) => ({ status: 503, code: 'UNAVAILABLE', message: e.message, fault: false, headers: { 'Retry-After': '10' } }),
+  SOURCE_UNAVAILABLE: (e: SourceUnavailableError) => ({
+    status: 503,
+    code: 'UNAVAILABLE',
+    message: e.message,
+    detail: { source: e.source, reason: e.reason },
+    fault: false,
+    headers: { 'Retry-After': '30' },
+  }),
+  STORAGE_FAILED: (e: StorageError) => ({ status: 503, code: 'UNAVAILABLE', message: 'storage unavailable', detail: e.message, fault: true }),
+};
+
+function codeOf(err: unknown): string | undefined {
+  return err instanceof NixeryError && err.code in TABLE ? err.code : undefined;
 }
 
 export function toRegistryError(err: unknown): RegistryError {
-  const expected = (status: number, code: string, message: string, detail?: unknown): RegistryError => ({
-    status, code, message, detail, fault: false,
-  });
-  if (err instanceof InvalidImageNameError) return expected(400, 'NAME_INVALID', err.message, { name: err.imageName, reason: err.reason });
-  if (err instanceof InvalidTagError) return expected(400, 'TAG_INVALID', err.message, { tag: err.tag, reason: err.reason });
-  if (err instanceof InvalidDigestError) return expected(400, 'DIGEST_INVALID', err.message, { digest: err.digest });
-  if (err instanceof PackagesNotFoundError) {
-    return expected(404, 'MANIFEST_UNKNOWN', err.message, { packages: err.packages });
-  }
-  if (err instanceof ManifestNotFoundError) return expected(404, 'MANIFEST_UNKNOWN', err.message, { reference: err.reference, reason: err.reason });
-  if (err instanceof BlobNotFoundError) return expected(404, 'BLOB_UNKNOWN', err.message, { digest: err.digest });
-  if (err instanceof RangeNotSatisfiableError) return expected(416, 'RANGE_INVALID', err.message, { size: err.size });
-  if (err instanceof PageNotFoundError) return expected(404, 'NOT_FOUND', err.message);
-  if (err instanceof UnsupportedError) return expected(405, 'UNSUPPORTED', err.message);
-  if (err instanceof NixBuildError) {
-    // The package set failed to build this image: a real failure, but of
-    // the image, not of the server; its stderr is on the start page.
-    return {
-      status: 500,
-      code: 'UNKNOWN',
-      message: err.timedOut ? 'image build timed out' : `image build failed${buildFailureHint(err.stderr)}`,
-      detail: { command: err.command, exitCode: err.exitCode, timedOut: err.timedOut, stderr: err.stderr },
-      fault: false,
-    };
-  }
-  if (err instanceof BuildAbortedError) return { status: 503, code: 'UNAVAILABLE', message: err.message, fault: false };
-  if (err instanceof StorageError) return { status: 503, code: 'UNAVAILABLE', message: 'storage unavailable', detail: err.message, fault: true };
-  return { status: 500, code: 'UNKNOWN', message: 'internal error', fault: true };
+  const code = codeOf(err);
+  if (code !== undefined) return { ...TABLE[code]!(err as never), cause: err };
+  return { status: 500, code: 'UNKNOWN', message: 'internal error', fault: true, cause: err };
 }
 
 /** A one-phrase explanation of common Nix failures, so the client's error message says it. */
@@ -65,8 +88,8 @@ function buildFailureHint(stderr: string): string {
   return '';
 }
 
-/** The JSON body and headers of an error response. */
+/** The JSON body of an error response. */
 export function errorBody(e: RegistryError, requestId: string): string {
-  const detail = e.detail === undefined ? { requestId } : { ...(e.detail as object), requestId };
+  const detail = e.detail === undefined ? { requestId } : typeof e.detail === 'object' && e.detail !== null ? { ...e.detail, requestId } : { reason: e.detail, requestId };
   return JSON.stringify({ errors: [{ code: e.code, message: e.message, detail }] });
 }

@@ -1,33 +1,23 @@
 /**
- * The start page: web/index.html with the real host name in its pull
- * examples, the configured package source and the recent build failures.
- * WEB_DIR replaces the bundled directory; files other than index.html are
- * served as they are.
+ * The start page and the rest of the web directory (WEB_DIR, or the bundled
+ * web/): `/` and `/index.html` are index.html with the real host name in its
+ * pull examples, the package source, the builds running now and the recent
+ * build failures; every other file is served as it is by serveStatic (bytes
+ * intact, Content-Type from the name); any other path falls through to the
+ * app's notFound handler.
+ *
+ * index.html stays a template with `{{HOST}}`, `{{SOURCE}}`, `{{RUNNING}}`
+ * and `{{ERRORS}}` placeholders: WEB_DIR is documented as the directory of
+ * the start page, so an operator restyles or rewrites the page in plain HTML
+ * without a build step. The file's own text is trusted markup; the values put
+ * into it are rendered with hono's `html` template, which does all escaping.
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
+import { serveStatic } from '@hono/node-server/serve-static';
+import type { Context, Hono, Next } from 'hono';
+import { html, raw } from 'hono/html';
 import type { RecentError } from '../service/recent-errors.js';
-
-export interface StartPageInfo {
-  readonly webDir: string;
-  readonly source: string;
-}
-
-export function escapeHtml(s: string): string {
-  return s.replace(/[&<>"']/g, (ch) => `&#${ch.charCodeAt(0)};`);
-}
-
-function renderErrors(errors: readonly RecentError[]): string {
-  if (errors.length === 0) return '<p class="none">No failed builds since the server started.</p>';
-  return `<ul class="errors">${errors
-    .map(
-      (e) =>
-        `<li><time>${escapeHtml(e.time)}</time> <code>${escapeHtml(e.image)}</code>: ${escapeHtml(e.message)}` +
-        (e.stderr ? `<pre>${escapeHtml(e.stderr)}</pre>` : '') +
-        '</li>',
-    )
-    .join('')}</ul>`;
-}
 
 export interface RunningBuild {
   readonly image: string;
@@ -35,32 +25,68 @@ export interface RunningBuild {
   readonly seconds: number;
 }
 
-function renderRunning(builds: readonly RunningBuild[]): string {
-  if (builds.length === 0) return '<p class="none">Nothing is being built right now.</p>';
-  return `<ul class="running">${builds
-    .map((b) => `<li><code>${escapeHtml(b.image)}</code> (${escapeHtml(b.packages.join(', '))}), for ${Math.round(b.seconds)} s</li>`)
-    .join('')}</ul>`;
+export interface StartPageDeps {
+  /** Absolute directory. */
+  readonly webDir: string;
+  /** Description of the package source. */
+  readonly source: string;
+  /** What the page shows live; called per page view. */
+  readonly live: () => { running: readonly RunningBuild[]; recentErrors: readonly RecentError[] };
 }
 
-/** Undefined when the path names no file of the web directory. */
-export async function renderStartPage(
-  info: StartPageInfo,
-  live: { host: string; recentErrors: readonly RecentError[]; running: readonly RunningBuild[] },
-  requestPath: string,
-): Promise<string | undefined> {
-  const rel = requestPath === '/' ? 'index.html' : requestPath.replace(/^\/+/, '');
-  const file = path.resolve(info.webDir, rel);
-  if (!file.startsWith(path.resolve(info.webDir) + path.sep)) return undefined;
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch {
-    return undefined;
+type Html = ReturnType<typeof raw>;
+
+function runningList(builds: readonly RunningBuild[]): Html | Promise<Html> {
+  if (builds.length === 0) return html`<p class="none">Nothing is being built right now.</p>`;
+  return html`<ul class="running">${builds.map(
+    (b) => html`<li><code>${b.image}</code> (${b.packages.join(', ')}), for ${Math.round(b.seconds)} s</li>`,
+  )}</ul>`;
+}
+
+function errorList(errors: readonly RecentError[]): Html | Promise<Html> {
+  if (errors.length === 0) return html`<p class="none">No failed builds since the server started.</p>`;
+  return html`<ul class="errors">${errors.map(
+    (e) => html`<li><time>${e.time}</time> <code>${e.image}</code>: ${e.message}${e.stderr ? html`<pre>${e.stderr}</pre>` : ''}</li>`,
+  )}</ul>`;
+}
+
+/** The template's text as trusted markup, each known `{{NAME}}` replaced by its (escaped) value. */
+function fill(template: string, values: Record<string, unknown>): Html | Promise<Html> {
+  const parts = template.split(/(\{\{[A-Z]+\}\})/).map((part, i) => {
+    if (i % 2 === 0) return raw(part);
+    const name = part.slice(2, -2);
+    return Object.hasOwn(values, name) ? values[name] : raw(part);
+  });
+  return html`${parts}`;
+}
+
+export function registerStartPage(app: Hono<any>, deps: StartPageDeps): void {
+  const root = path.resolve(deps.webDir);
+  const index = path.join(root, 'index.html');
+
+  async function page(c: Context, next: Next): Promise<Response | void> {
+    // Read per view: an edit to WEB_DIR/index.html shows on the next reload.
+    let template: string;
+    try {
+      template = await readFile(index, 'utf8');
+    } catch {
+      return next();
+    }
+    const live = deps.live();
+    return c.html(
+      fill(template, {
+        HOST: c.req.header('host') ?? 'localhost',
+        SOURCE: deps.source,
+        RUNNING: runningList(live.running),
+        ERRORS: errorList(live.recentErrors),
+      }),
+    );
   }
-  if (!rel.endsWith('index.html')) return text;
-  return text
-    .replaceAll('{{HOST}}', escapeHtml(live.host))
-    .replaceAll('{{SOURCE}}', escapeHtml(info.source))
-    .replaceAll('{{RUNNING}}', renderRunning(live.running))
-    .replaceAll('{{ERRORS}}', renderErrors(live.recentErrors));
+
+  // serveStatic refuses `.`/`..` segments, doubled slashes, backslashes and
+  // percent signs in the path; hidden files (`.git/`, `.htpasswd`) are not
+  // served either.
+  const files = serveStatic({ root });
+  app.on(['GET', 'HEAD'], ['/', '/index.html'], page);
+  app.on(['GET', 'HEAD'], '*', (c, next) => (/(^|\/)\./.test(c.req.path) ? next() : files(c, next)));
 }

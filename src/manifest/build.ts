@@ -76,7 +76,13 @@ export function buildImageConfig(input: ImageConfigInput): Blob {
   );
 }
 
-export function buildManifest(mediaType: ManifestMediaType, config: Blob, layers: readonly LayerInfo[]): Blob {
+/** A blob as a descriptor names it. */
+export interface BlobDescriptor {
+  readonly digest: string;
+  readonly size: number;
+}
+
+export function buildManifest(mediaType: ManifestMediaType, config: BlobDescriptor, layers: readonly BlobDescriptor[]): Blob {
   const oci = mediaType === MediaType.ociManifest;
   return blob(
     {
@@ -93,16 +99,12 @@ export function buildManifest(mediaType: ManifestMediaType, config: Blob, layers
   );
 }
 
-/**
- * Accept negotiation: OCI when the client lists it, otherwise Docker schema 2
- * (which every client that speaks schema 2 understands). An absent Accept
- * header gets Docker schema 2, as distribution does for old clients.
- */
-export function negotiateManifestType(accept: string | undefined): ManifestMediaType {
-  const types = (accept ?? '')
-    .split(',')
-    .map((t) => t.split(';')[0]!.trim().toLowerCase())
-    .filter(Boolean);
-  if (types.includes(MediaType.ociManifest)) return MediaType.ociManifest;
-  return MediaType.dockerManifest;
+export const MANIFEST_TYPES: readonly ManifestMediaType[] = [MediaType.ociManifest, MediaType.dockerManifest];
+
+/** Both manifest flavours of one platform's image: one build serves OCI and Docker clients. */
+export function assembleManifests(config: BlobDescriptor, layers: readonly BlobDescriptor[]): Record<ManifestMediaType, Blob> {
+  return {
+    [MediaType.ociManifest]: buildManifest(MediaType.ociManifest, config, layers),
+    [MediaType.dockerManifest]: buildManifest(MediaType.dockerManifest, config, layers),
+  };
 }

@@ -70,6 +70,8 @@ export interface ExecaNixRunnerOptions {
   readonly realiseConcurrency?: number;
   /** Seconds between SIGTERM and SIGKILL of a Nix process group. */
   readonly killGraceSeconds?: number;
+  /** NIX_CONFIG lines for every Nix process (the server's own NIX_CONFIG, from the configuration). */
+  readonly nixConfig?: string;
   /** Extra environment for Nix (XDG_CACHE_HOME in tests). */
   readonly env?: Readonly<Record<string, string>>;
 }
@@ -115,6 +117,8 @@ interface ResolveAnswer {
 export class ExecaNixRunner implements NixRunner {
   readonly stats: NixRunnerStats = { evaluations: 0, realisations: 0, pathInfos: 0, running: 0 };
   private readonly realiseQueue: ReturnType<typeof pLimit>;
+  /** Nix processes running now: how to stop each, and its end. */
+  private readonly live = new Map<number, { stop: () => void; ended: Promise<unknown> }>();
 
   constructor(private readonly opts: ExecaNixRunnerOptions) {
     this.realiseQueue = pLimit(opts.realiseConcurrency ?? 1);
@@ -122,7 +126,7 @@ export class ExecaNixRunner implements NixRunner {
 
   private nixEnv(): Record<string, string> {
     const extra = this.opts.offline ? 'substituters =' : '';
-    const nixConfig = [process.env['NIX_CONFIG'], extra].filter(Boolean).join('\n');
+    const nixConfig = [this.opts.nixConfig, extra].filter(Boolean).join('\n');
     return { ...(nixConfig ? { NIX_CONFIG: nixConfig } : {}), ...this.opts.env };
   }
 
@@ -156,6 +160,7 @@ export class ExecaNixRunner implements NixRunner {
     const timer = setTimeout(() => stop('timeout'), limitSeconds * 1000);
     const onAbort = () => stop('abort');
     signal?.addEventListener('abort', onAbort, { once: true });
+    if (child.pid !== undefined) this.live.set(child.pid, { stop: onAbort, ended: child.catch(() => undefined) });
     try {
       const r = await child;
       exited = true;
@@ -170,6 +175,7 @@ export class ExecaNixRunner implements NixRunner {
       return typeof r.stdout === 'string' ? r.stdout : '';
     } finally {
       exited = true;
+      if (child.pid !== undefined) this.live.delete(child.pid);
       clearTimeout(timer);
       signal?.removeEventListener('abort', onAbort);
       this.stats.running--;
@@ -235,6 +241,22 @@ export class ExecaNixRunner implements NixRunner {
       opts.signal,
     );
     return makeClosureGraph(paths, parsePathInfo(JSON.parse(stdout)));
+  }
+
+  /**
+   * Stops every Nix process still running (SIGTERM to its group, SIGKILL
+   * after the grace period) and waits until they are gone: on shutdown or a
+   * crash, no build outlives the server.
+   */
+  async close(): Promise<void> {
+    const all = [...this.live.values()];
+    for (const p of all) p.stop();
+    await Promise.all(all.map((p) => p.ended));
+  }
+
+  /** Last resort for a process 'exit' handler, which cannot wait: SIGKILL to every group. */
+  killAll(): void {
+    for (const pid of this.live.keys()) signalGroup(pid, 'SIGKILL');
   }
 
   async check(): Promise<void> {

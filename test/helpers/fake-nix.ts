@@ -116,4 +116,8 @@ export class FakeNixRunner implements NixRunner {
   }
 
   async check(): Promise<void> {}
+
+  async close(): Promise<void> {}
+
+  killAll(): void {}
 }

@@ -7,12 +7,12 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { parseConfig } from '../../src/config.js';
 import { createApp } from '../../src/http/app.js';
-import { packLayer } from '../../src/layers/pack.js';
 import { storePathEntries, symlinkLayerEntries } from '../../src/layers/walk.js';
 import { silentLogger, type Logger } from '../../src/log.js';
 import type { PackageSourceResolver } from '../../src/nix/sources.js';
-import { ImageService } from '../../src/service/build-image.js';
+import { ROOT, createRuntime, type Runtime } from '../../src/runtime.js';
 import { MemoryStorage } from '../../src/storage/memory.js';
 import { FakeNixRunner, type FakePackage } from './fake-nix.js';
 
@@ -32,53 +32,81 @@ export const FAKE_PACKAGES: Readonly<Record<string, FakePackage>> = {
 
 export const FAKE_REVISION = 'f'.repeat(40);
 
-export function stubSource(tags: readonly string[] = ['latest']): PackageSourceResolver {
+/** A package source that knows one revision; `fail` makes resolving throw (an unreachable remote). */
+export function stubSource(opts: { tags?: readonly string[]; fail?: () => Error | undefined } = {}): PackageSourceResolver & { resolves: number } {
   return {
     description: 'stub package source',
+    resolves: 0,
     async resolve() {
+      this.resolves++;
+      const e = opts.fail?.();
+      if (e) throw e;
       return { revision: FAKE_REVISION, nix: { srcType: 'path', path: '/nonexistent/stub-pkgs' } };
     },
     async tags() {
-      return [...tags];
+      return [...(opts.tags ?? ['latest'])];
     },
+    close() {},
   };
 }
 
 export interface InProcessRegistry {
   readonly app: ReturnType<typeof createApp>;
-  readonly service: ImageService;
+  readonly runtime: Runtime;
+  readonly service: Runtime['service'];
   readonly storage: MemoryStorage;
   readonly nix: FakeNixRunner;
+  readonly source: ReturnType<typeof stubSource>;
   close(): Promise<void>;
 }
 
-export async function inProcessRegistry(opts: { packages?: Readonly<Record<string, FakePackage>>; log?: Logger } = {}): Promise<InProcessRegistry> {
+export async function inProcessRegistry(
+  opts: {
+    packages?: Readonly<Record<string, FakePackage>>;
+    log?: Logger;
+    env?: Record<string, string>;
+    source?: ReturnType<typeof stubSource>;
+    now?: () => number;
+    webDir?: string;
+  } = {},
+): Promise<InProcessRegistry> {
   const root = await mkdtemp(path.join(tmpdir(), 'nixery-fake-store-'));
   const nix = new FakeNixRunner(root, opts.packages ?? FAKE_PACKAGES);
   await nix.layOut();
   const storage = new MemoryStorage();
   const log = opts.log ?? silentLogger();
-  const source = stubSource();
-  const service = new ImageService({
+  const source = opts.source ?? stubSource();
+  // The configuration a server would have; its package path and storage are replaced below.
+  const config = parseConfig({ NIXERY_PKGS_PATH: '/nonexistent/stub-pkgs', STORAGE_PATH: '/nonexistent/storage', NIXERY_LAYER_BUDGET: '16', ...opts.env });
+  const runtime = await createRuntime(config, log, {
     nix,
     storage,
     source,
-    log,
     reader: {
       storePathEntries: (p) => storePathEntries(p, { root }),
       symlinkLayerEntries: (r) => symlinkLayerEntries(r, { root }),
     },
-    pack: (entries, out, o) => packLayer(entries, out, o),
-    popularity: new Map(),
-    layerBudget: 16,
+    ...(opts.now ? { now: opts.now } : {}),
   });
   const app = createApp({
-    service,
+    service: runtime.service,
     storage,
     log,
     tags: () => source.tags(),
-    startPage: { webDir: path.resolve(import.meta.dirname, '../../web'), source: source.description },
-    stats: () => ({ ...service.stats, nix: { ...nix.stats } }),
+    startPage: { webDir: opts.webDir ?? path.join(ROOT, 'web'), source: source.description, recentErrors: () => runtime.recentErrors.list() },
+    stats: () => ({ ...runtime.stats, nix: { ...nix.stats } }),
+    now: runtime.now,
   });
-  return { app, service, storage, nix, close: () => rm(root, { recursive: true, force: true }) };
+  return {
+    app,
+    runtime,
+    service: runtime.service,
+    storage,
+    nix,
+    source,
+    async close() {
+      await runtime.close();
+      await rm(root, { recursive: true, force: true });
+    },
+  };
 }

@@ -8,7 +8,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { NixRunnerStats } from '../../src/nix/runner.js';
-import type { ImageServiceStats } from '../../src/service/build-image.js';
+import type { ImageServiceStats } from '../../src/service/observers.js';
 import { DEMO_PKGS, ROOT } from './nix.js';
 
 export interface RunningServer {
@@ -25,7 +25,7 @@ export interface RunningServer {
 }
 
 /** What /debug/stats answers: the service's counters plus the Nix runner's. */
-export type ServerStats = ImageServiceStats & { singleFlightWaiters: number; nix: NixRunnerStats };
+export type ServerStats = ImageServiceStats & { nix: NixRunnerStats };
 
 export async function scratchDir(prefix: string): Promise<{ path: string; remove: () => Promise<void> }> {
   const p = await mkdtemp(path.join(tmpdir(), prefix));

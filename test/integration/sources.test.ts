@@ -8,7 +8,11 @@ import { cp, mkdir, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
+import { stdSerializers } from 'pino';
+import { simpleGit } from 'simple-git';
 import { afterAll, describe, expect, it } from 'vitest';
+import { SourceUnavailableError } from '../../src/errors.js';
+import { ChannelSource, GitSource, PathSource } from '../../src/nix/sources.js';
 import { inChroot, skopeoPull, unpack } from '../helpers/clients.js';
 import { DEMO_PKGS } from '../helpers/nix.js';
 import { scratchDir, startServer, type RunningServer } from '../helpers/server.js';
@@ -191,5 +195,182 @@ describe('path source', () => {
     await sleep(200);
     await digestOf(s, 'hello');
     expect((await s.stats()).builds).toBe(builds + 2); // an untracked file is a change too
+  });
+});
+
+// ------------------------------------------------ the sources on their own
+// No server: the source classes with real git, a real fs watcher and loopback
+// HTTP, and a clock that moves only when told to (starting at the real time).
+
+function manualClock(): { now: () => number; advance: (ms: number) => void } {
+  let t = Date.now();
+  return { now: () => t, advance: (ms) => (t += ms) };
+}
+
+describe('GitSource against a real repository', () => {
+  it('shares one git ls-remote between concurrent callers and asks again only after the TTL', async () => {
+    const work = await scratch('nixery-gitsrc-');
+    await writeFile(path.join(work, 'default.nix'), '{}\n');
+    git(work, 'init', '-q');
+    git(work, 'add', '.');
+    git(work, 'commit', '-qm', 'c1');
+    const c1 = git(work, 'rev-parse', 'HEAD');
+    const bare = path.join(await scratch('nixery-gitsrc-bare-'), 'pkgs.git');
+    execFileSync('git', ['clone', '-q', '--bare', work, bare]);
+
+    const real = simpleGit();
+    let lsRemotes = 0;
+    const clock = manualClock();
+    const source = new GitSource(bare, 10, {
+      now: clock.now,
+      listRemote: (args) => {
+        lsRemotes++;
+        return real.listRemote(args);
+      },
+    });
+    const [main, latest, tags] = await Promise.all([source.resolve('main'), source.resolve('latest'), source.tags()]);
+    expect(lsRemotes).toBe(1);
+    expect(main.revision).toBe(`git:${c1}`);
+    expect(latest).toEqual(main);
+    expect(tags).toEqual(['latest', 'main']);
+
+    await writeFile(path.join(work, 'default.nix'), '{ x = 1; }\n');
+    git(work, 'commit', '-qam', 'c2');
+    git(work, 'push', '-q', bare, 'main');
+    const c2 = git(work, 'rev-parse', 'HEAD');
+    clock.advance(10_000);
+    expect((await source.resolve('main')).revision).toBe(`git:${c1}`); // within the TTL
+    expect(lsRemotes).toBe(1);
+    clock.advance(1);
+    expect((await source.resolve('main')).revision).toBe(`git:${c2}`);
+    expect(lsRemotes).toBe(2);
+    source.close();
+  });
+
+  it('reports an unreachable repository as SourceUnavailableError naming the URL without the token', async () => {
+    const source = new GitSource('http://user:secret@127.0.0.1:1/repo.git', 10, { now: manualClock().now });
+    expect(source.description).toBe('git repository http://127.0.0.1:1/repo.git');
+    const err = await source.resolve('latest').catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SourceUnavailableError);
+    const e = err as SourceUnavailableError;
+    expect(e.source).toBe('http://127.0.0.1:1/repo.git');
+    expect(e.message).toContain('package source http://127.0.0.1:1/repo.git is unavailable: git ls-remote failed: ');
+    expect(e.message).not.toContain('\n');
+    // Not in the message, nor anywhere a logger would look (simple-git keeps the command line on its error).
+    expect(JSON.stringify(stdSerializers.err(e))).not.toContain('secret');
+    source.close();
+  });
+});
+
+describe('ChannelSource against loopback HTTP', () => {
+  it('shares one revision request between concurrent callers, asks again after the TTL, and hides credentials', async () => {
+    let revision = '1'.repeat(40);
+    let requests = 0;
+    const httpServer = http.createServer((req, res) => {
+      if (req.url !== '/demo/git-revision') return res.writeHead(404).end();
+      requests++;
+      // Answer a little later, so that concurrent callers really overlap.
+      setTimeout(() => res.end(`${revision}\n`), 50);
+    });
+    await new Promise<void>((r) => httpServer.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise((r) => httpServer.close(r)));
+    const base = `http://127.0.0.1:${(httpServer.address() as AddressInfo).port}`;
+
+    const clock = manualClock();
+    const source = new ChannelSource('demo', `${base}/archive/{rev}.tar.gz`, `${base}/{channel}/git-revision`, 5, { now: clock.now });
+    const all = await Promise.all([source.resolve(), source.resolve(), source.resolve()]);
+    expect(requests).toBe(1);
+    expect(all.map((r) => r.revision)).toEqual(Array(3).fill(`channel:${'1'.repeat(40)}`));
+    expect(all[0]!.nix).toEqual({ srcType: 'tarball', url: `${base}/archive/${'1'.repeat(40)}.tar.gz` });
+
+    revision = '2'.repeat(40);
+    clock.advance(5_000);
+    expect((await source.resolve()).revision).toBe(`channel:${'1'.repeat(40)}`);
+    clock.advance(1);
+    expect((await source.resolve()).revision).toBe(`channel:${'2'.repeat(40)}`);
+    expect(requests).toBe(2);
+    source.close();
+
+    const locked = new ChannelSource('demo', `${base}/{rev}`, 'http://user:secret@127.0.0.1:1/{channel}/rev', 5, { now: clock.now });
+    const err = await locked.resolve().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(SourceUnavailableError);
+    expect((err as SourceUnavailableError).source).toBe('channel demo');
+    expect((err as Error).message).toContain('http://127.0.0.1:1/demo/rev');
+    expect(JSON.stringify(stdSerializers.err(err as Error))).not.toContain('secret');
+  });
+});
+
+describe('PathSource watcher', () => {
+  /** Real git for the identity, counting identity computations and able to hold the next one open. */
+  function gatedGit(dir: string): { run: (args: string[]) => Promise<string>; computations: () => number; hold: () => () => void } {
+    const real = simpleGit({ baseDir: dir });
+    let computations = 0;
+    let gate: Promise<void> | undefined;
+    return {
+      computations: () => computations,
+      hold: () => {
+        let open!: () => void;
+        gate = new Promise((r) => (open = r));
+        return open;
+      },
+      run: async (args) => {
+        if (args[1] === '--is-inside-work-tree') {
+          computations++;
+          const g = gate;
+          gate = undefined;
+          await g;
+        }
+        return real.raw(args);
+      },
+    };
+  }
+
+  it('keeps the identity until a change, and a change during the computation makes its result stale at once', async () => {
+    const dir = await scratch('nixery-pathsrc-');
+    await writeFile(path.join(dir, 'default.nix'), '{}\n');
+    const g = gatedGit(dir);
+    const clock = manualClock();
+    const source = new PathSource(dir, { now: clock.now, git: g.run });
+    cleanups.push(async () => source.close());
+
+    const open = g.hold();
+    const computing = source.resolve();
+    await writeFile(path.join(dir, 'extra.nix'), '{}\n'); // arrives while computing
+    await sleep(300);
+    open();
+    await computing;
+    expect(g.computations()).toBe(1);
+
+    const after = await source.resolve();
+    expect(g.computations()).toBe(2); // the first result was not kept
+    clock.advance(24 * 3600 * 1000); // while watching, time alone does not expire it
+    expect(await source.resolve()).toEqual(after);
+    expect(g.computations()).toBe(2);
+
+    await writeFile(path.join(dir, 'default.nix'), '{ x = 1; }\n');
+    await sleep(300);
+    expect((await source.resolve()).revision).not.toBe(after.revision);
+    expect(g.computations()).toBe(3);
+  });
+
+  it('close() stops the watcher: later changes are only seen after the fallback TTL', async () => {
+    const dir = await scratch('nixery-pathsrc-close-');
+    await writeFile(path.join(dir, 'default.nix'), '{}\n');
+    const g = gatedGit(dir);
+    const clock = manualClock();
+    const source = new PathSource(dir, { now: clock.now, git: g.run, fallbackTtlSeconds: 2 });
+    await source.resolve();
+    source.close();
+    source.close();
+    const before = await source.resolve(); // close() forgot the identity kept for the watcher
+    expect(g.computations()).toBe(2);
+
+    await writeFile(path.join(dir, 'default.nix'), '{ x = 1; }\n');
+    await sleep(300);
+    expect(await source.resolve()).toEqual(before); // no watcher cleared it
+    expect(g.computations()).toBe(2);
+    clock.advance(2_001);
+    expect((await source.resolve()).revision).not.toBe(before.revision);
+    expect(g.computations()).toBe(3);
   });
 });

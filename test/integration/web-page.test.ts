@@ -1,9 +1,11 @@
 /**
  * The start page in a real browser (Debian's headless Chromium driven by
  * playwright-core): the pull examples carry the host the user reached the
- * server on, and a failed build shows up with Nix's own words.
+ * server on, and a failed build shows up with Nix's own words. WEB_DIR's
+ * other files arrive over a real socket byte for byte, with their own types.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
@@ -98,6 +100,37 @@ describe('start page', () => {
       expect(await page.locator('body').innerText()).toContain('Nothing is being built right now.');
     } finally {
       await s.stop();
+    }
+  });
+
+  it('serves the other files of WEB_DIR byte for byte with their own Content-Type', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'nixery-web-dir-'));
+    // The PNG signature, every byte value and random bytes: a UTF-8 round trip would change them.
+    const png = Buffer.concat([Buffer.from('89504e470d0a1a0a', 'hex'), Buffer.from(Array.from({ length: 256 }, (_, i) => i)), randomBytes(64 * 1024)]);
+    const css = 'body { background: #fafafa; }\n';
+    await copyFile(path.join(import.meta.dirname, '../../web/index.html'), path.join(dir, 'index.html'));
+    await writeFile(path.join(dir, 'logo.png'), png);
+    await writeFile(path.join(dir, 'site.css'), css);
+    const s = await startServer({ env: { WEB_DIR: dir } });
+    try {
+      const image = await fetch(`${s.url}/logo.png`);
+      expect(image.status).toBe(200);
+      expect(image.headers.get('content-type')).toBe('image/png');
+      expect(image.headers.get('content-length')).toBe(String(png.length));
+      expect(Buffer.from(await image.arrayBuffer()).equals(png)).toBe(true);
+      const style = await fetch(`${s.url}/site.css`);
+      expect(style.status).toBe(200);
+      expect(style.headers.get('content-type')).toMatch(/^text\/css\b/);
+      expect(await style.text()).toBe(css);
+      const start = await fetch(`${s.url}/`);
+      expect(start.headers.get('content-type')).toMatch(/^text\/html\b/);
+      expect(await start.text()).toContain(`docker pull ${s.host}/shell/git/htop`);
+      const missing = await fetch(`${s.url}/nope.png`);
+      expect(missing.status).toBe(404);
+      expect(((await missing.json()) as { errors: { code: string }[] }).errors[0]?.code).toBe('NOT_FOUND');
+    } finally {
+      await s.stop();
+      await rm(dir, { recursive: true, force: true });
     }
   });
 });

@@ -185,3 +185,30 @@ describe('loadConfig', () => {
     expect(c.storage).toEqual({ kind: 'filesystem', path: '/var/lib/nixery' });
   });
 });
+
+describe('NIXERY_LOG_LEVEL and NIX_CONFIG', () => {
+  it('takes a pino level, info by default, in any case', () => {
+    expect(parseConfig(base).logLevel).toBe('info');
+    for (const level of ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const) {
+      expect(parseConfig({ ...base, NIXERY_LOG_LEVEL: level }).logLevel).toBe(level);
+    }
+    expect(parseConfig({ ...base, NIXERY_LOG_LEVEL: ' DEBUG ' }).logLevel).toBe('debug');
+    expect(parseConfig({ ...base, NIXERY_LOG_LEVEL: '' }).logLevel).toBe('info');
+  });
+
+  it('refuses any other level with one line naming the variable and the accepted levels', () => {
+    expect(problems({ ...base, NIXERY_LOG_LEVEL: 'verbose' })).toEqual([
+      'NIXERY_LOG_LEVEL: "verbose" is not a log level (use fatal, error, warn, info, debug, trace or silent)',
+    ]);
+    // Collected with the other problems, not thrown on its own.
+    expect(problems({ ...base, NIXERY_LOG_LEVEL: '30', PORT: 'x' }).map((l) => l.split(':')[0]).sort()).toEqual(['NIXERY_LOG_LEVEL', 'PORT']);
+  });
+
+  it('carries NIX_CONFIG as given, and an empty one as unset', () => {
+    expect(parseConfig(base).nixConfig).toBeUndefined();
+    expect(parseConfig({ ...base, NIX_CONFIG: '' }).nixConfig).toBeUndefined();
+    expect(parseConfig({ ...base, NIX_CONFIG: '  \n' }).nixConfig).toBeUndefined();
+    const lines = 'substituters =\nsandbox = false\nextra-experimental-features = nix-command';
+    expect(parseConfig({ ...base, NIX_CONFIG: lines }).nixConfig).toBe(lines);
+  });
+});

@@ -6,7 +6,6 @@ import {
   MediaType,
   buildImageConfig,
   buildManifest,
-  negotiateManifestType,
   type LayerInfo,
 } from '../../../src/manifest/build.js';
 
@@ -79,26 +78,5 @@ describe('buildManifest', () => {
     expect(buildManifest(MediaType.ociManifest, config, layers).digest).not.toBe(
       buildManifest(MediaType.dockerManifest, config, layers).digest,
     );
-  });
-});
-
-describe('negotiateManifestType', () => {
-  it.each([
-    // skopeo / podman
-    [
-      'application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.v1+prettyjws',
-      MediaType.ociManifest,
-    ],
-    // containerd lists Docker first but accepts OCI
-    [
-      'application/vnd.docker.distribution.manifest.v2+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, */*',
-      MediaType.ociManifest,
-    ],
-    ['application/vnd.docker.distribution.manifest.v2+json', MediaType.dockerManifest],
-    ['application/vnd.oci.image.manifest.v1+json; q=0.5', MediaType.ociManifest],
-    [undefined, MediaType.dockerManifest],
-    ['*/*', MediaType.dockerManifest],
-  ])('%s -> %s', (accept, expected) => {
-    expect(negotiateManifestType(accept)).toBe(expected);
   });
 });

@@ -1,0 +1,143 @@
+/**
+ * The service with its adapters, built from a Config: what the server and
+ * the command line share. Never exits the process; a problem found while
+ * building it (an unreachable bucket, unreadable popularity data) is a
+ * ConfigError naming the variable. `close()` releases everything it made.
+ */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Config } from './config.js';
+import { ConfigError, StorageError } from './errors.js';
+import { packLayer } from './layers/pack.js';
+import { parsePopularity, type Popularity } from './layers/popularity.js';
+import { storePathEntries, symlinkLayerEntries } from './layers/walk.js';
+import type { Logger } from './log.js';
+import { ExecaNixRunner, type NixRunner, type NixRunnerStats } from './nix/runner.js';
+import { ChannelSource, GitSource, PathSource, type PackageSourceResolver } from './nix/sources.js';
+import { ImageService } from './service/image-service.js';
+import { collectStats, recordFailures, type ImageServiceStats } from './service/observers.js';
+import type { LayerReader } from './service/platform-build.js';
+import { RecentErrors } from './service/recent-errors.js';
+import type { StorageBackend } from './storage/backend.js';
+import { FilesystemStorage } from './storage/filesystem.js';
+import { GcsStorage } from './storage/gcs.js';
+
+/** The repository root: bundled prepare-image/ and web/ live there. */
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+
+/** A Nix runner the runtime can stop. */
+export type ManagedNixRunner = NixRunner & { readonly stats: NixRunnerStats; close(): Promise<void>; killAll(): void };
+
+/** Adapters a caller supplies instead of the ones the configuration names (tests, other front ends). */
+export interface RuntimeAdapters {
+  readonly nix?: ManagedNixRunner;
+  readonly storage?: StorageBackend;
+  readonly source?: PackageSourceResolver;
+  readonly reader?: LayerReader;
+  readonly popularity?: Popularity;
+  readonly now?: () => number;
+}
+
+export interface Runtime {
+  readonly config: Config;
+  readonly service: ImageService;
+  readonly storage: StorageBackend;
+  readonly nix: ManagedNixRunner;
+  readonly source: PackageSourceResolver;
+  /** Counters collected from the service's events since start. */
+  readonly stats: ImageServiceStats;
+  readonly recentErrors: RecentErrors;
+  readonly now: () => number;
+  /** Aborts running builds (their Nix processes are stopped); new builds fail at once. */
+  abortBuilds(reason: string): void;
+  /** Aborts builds, stops every Nix process and releases watchers and timers. */
+  close(): Promise<void>;
+}
+
+export async function createRuntime(config: Config, log: Logger, adapters: RuntimeAdapters = {}): Promise<Runtime> {
+  const now = adapters.now ?? Date.now;
+  const popularity = adapters.popularity ?? (await loadPopularity(config.popularityUrl));
+  const storage = adapters.storage ?? (await makeStorage(config));
+  const source = adapters.source ?? makeSource(config);
+  const nix =
+    adapters.nix ??
+    new ExecaNixRunner({
+      prepareImageDir: config.prepareImageDir ?? path.join(ROOT, 'prepare-image'),
+      timeoutSeconds: config.nixTimeoutSeconds,
+      offline: config.offline,
+      importArgs: config.importArgs,
+      ...(config.nixConfig !== undefined ? { nixConfig: config.nixConfig } : {}),
+    });
+  const shutdown = new AbortController();
+  const service = new ImageService({
+    nix,
+    storage,
+    source,
+    log,
+    reader: adapters.reader ?? { storePathEntries: (p) => storePathEntries(p), symlinkLayerEntries: (r) => symlinkLayerEntries(r) },
+    pack: (entries, out, opts) => packLayer(entries, out, opts),
+    popularity,
+    layerBudget: config.layerBudget,
+    shutdown: shutdown.signal,
+    now,
+  });
+  const stats = collectStats(service);
+  const recentErrors = new RecentErrors();
+  recordFailures(service, recentErrors, now);
+  return {
+    config,
+    service,
+    storage,
+    nix,
+    source,
+    stats,
+    recentErrors,
+    now,
+    abortBuilds(reason) {
+      shutdown.abort(new Error(reason));
+    },
+    async close() {
+      shutdown.abort(new Error('shutting down'));
+      await nix.close();
+      await (source as { close?: () => unknown }).close?.();
+    },
+  };
+}
+
+async function loadPopularity(url: string | undefined): Promise<Popularity> {
+  if (url === undefined) return new Map();
+  try {
+    const text = url.startsWith('file:')
+      ? await readFile(fileURLToPath(url), 'utf8')
+      : await (async () => {
+          const res = await fetch(url, { signal: AbortSignal.timeout(30_000) });
+          if (!res.ok) throw new Error(`HTTP ${res.status}`);
+          return res.text();
+        })();
+    return parsePopularity(JSON.parse(text));
+  } catch (e) {
+    throw new ConfigError([`NIX_POPULARITY_URL: cannot load ${url}: ${(e as Error).message}`]);
+  }
+}
+
+function makeSource(config: Config): PackageSourceResolver {
+  switch (config.pkgs.kind) {
+    case 'path':
+      return new PathSource(config.pkgs.path);
+    case 'git':
+      return new GitSource(config.pkgs.repository, config.revisionTtlSeconds);
+    case 'channel':
+      return new ChannelSource(config.pkgs.channel, config.pkgs.urlTemplate, config.pkgs.revisionUrlTemplate, config.revisionTtlSeconds);
+  }
+}
+
+async function makeStorage(config: Config): Promise<StorageBackend> {
+  if (config.storage.kind === 'filesystem') return FilesystemStorage.open(config.storage.path);
+  try {
+    return await GcsStorage.open(config.storage);
+  } catch (e) {
+    if (e instanceof StorageError) throw new ConfigError([`GCS_BUCKET: ${e.message}`]);
+    throw e;
+  }
+}

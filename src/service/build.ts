@@ -1,0 +1,114 @@
+/**
+ * A build is a value: its key, the events it has emitted so far (a late
+ * subscriber first gets those, then the rest as they happen) and its result.
+ * Everything that watches builds (running builds, recent errors, counters,
+ * metrics, later live progress pages) subscribes here instead of the
+ * pipeline knowing about each of them.
+ */
+import type { BuiltImage } from './records.js';
+
+export type BuildPhase = 'resolve' | 'realise' | 'closure' | 'group' | 'pack' | 'manifest';
+
+export type BuildEvent =
+  | { readonly type: 'phase'; readonly at: number; readonly phase: BuildPhase; readonly platform: string }
+  | {
+      readonly type: 'layer';
+      readonly at: number;
+      readonly platform: string;
+      readonly digest: string;
+      readonly size: number;
+      /** Found in storage by content key rather than packed by this build. */
+      readonly reused: boolean;
+      readonly description: string;
+    }
+  /** A line of Nix's build output. */
+  | { readonly type: 'log'; readonly at: number; readonly line: string }
+  | { readonly type: 'finished'; readonly at: number; readonly image: BuiltImage }
+  | { readonly type: 'failed'; readonly at: number; readonly error: Error };
+
+export type BuildListener = (event: BuildEvent) => void;
+
+/** Log lines kept for late subscribers; phases and layers are always kept. */
+const MAX_LOG_EVENTS = 500;
+
+export class Build {
+  readonly result: Promise<BuiltImage>;
+  private readonly history: BuildEvent[] = [];
+  private readonly listeners = new Set<BuildListener>();
+  private logEvents = 0;
+  private settled = false;
+
+  constructor(
+    readonly key: string,
+    /** `name:tag` as requested. */
+    readonly image: string,
+    readonly packages: readonly string[],
+    readonly startedAt: number,
+    run: (build: Build) => Promise<BuiltImage>,
+    private readonly now: () => number,
+  ) {
+    // Started on the next tick, so that whoever created the build can
+    // subscribe before the first event without missing anything live.
+    this.result = Promise.resolve().then(() => run(this)).then(
+      (image) => {
+        this.finish({ type: 'finished', at: this.now(), image });
+        return image;
+      },
+      (e: unknown) => {
+        const error = e instanceof Error ? e : new Error(String(e));
+        this.finish({ type: 'failed', at: this.now(), error });
+        throw error;
+      },
+    );
+    // Whoever awaits the result handles the failure; this only keeps an
+    // unobserved failure from being reported as unhandled.
+    this.result.catch(() => undefined);
+  }
+
+  get done(): boolean {
+    return this.settled;
+  }
+
+  /** Replays what happened so far, then follows; returns the unsubscribe function. */
+  subscribe(listener: BuildListener): () => void {
+    for (const e of this.history) listener(e);
+    if (this.settled) return () => undefined;
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  /** For the pipeline: records and delivers one event. */
+  emit(event: Exclude<BuildEvent, { type: 'finished' | 'failed' }>): void {
+    if (this.settled) return;
+    if (event.type === 'log') {
+      this.logEvents++;
+      if (this.logEvents > MAX_LOG_EVENTS) {
+        const i = this.history.findIndex((e) => e.type === 'log');
+        if (i >= 0) this.history.splice(i, 1);
+      }
+    }
+    this.deliver(event);
+  }
+
+  /** The events so far (a copy). */
+  events(): BuildEvent[] {
+    return [...this.history];
+  }
+
+  private finish(event: Extract<BuildEvent, { type: 'finished' | 'failed' }>): void {
+    this.deliver(event);
+    this.settled = true;
+    this.listeners.clear();
+  }
+
+  private deliver(event: BuildEvent): void {
+    this.history.push(event);
+    for (const l of [...this.listeners]) {
+      try {
+        l(event);
+      } catch {
+        // A broken observer must not break the build or the other observers.
+      }
+    }
+  }
+}

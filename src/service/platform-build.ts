@@ -1,0 +1,148 @@
+/**
+ * One platform's image from package names: Nix (resolve, realise, closure)
+ * -> layer groups -> layers packed into storage (or found there by content
+ * key) -> image config. Manifest assembly is not here (manifest/build.ts,
+ * pure), so an index over several platforms reuses this unchanged.
+ *
+ * Layers are cached by content key (their sorted store paths) in
+ * records/layers/<key>; a record is trusted only when its blob exists and is
+ * written only after the blob is in place, so no record points at a missing
+ * object.
+ */
+import { createHash } from 'node:crypto';
+import type { Writable } from 'node:stream';
+import pLimit from 'p-limit';
+import type { Digest } from '../digest.js';
+import type { Architecture } from '../image/name.js';
+import { storePathName } from '../layers/graph.js';
+import { groupLayers } from '../layers/group.js';
+import type { TarEntry } from '../layers/pack.js';
+import type { Popularity } from '../layers/popularity.js';
+import type { Logger } from '../log.js';
+import { MediaType, buildImageConfig, type LayerInfo } from '../manifest/build.js';
+import type { NixRunner } from '../nix/runner.js';
+import type { ResolvedSource } from '../nix/sources.js';
+import type { StorageBackend } from '../storage/backend.js';
+import type { Build } from './build.js';
+import type { PlatformImage, StoredLayer } from './records.js';
+import { SingleFlight } from './single-flight.js';
+
+/** How store paths are read as tar entries; implemented by layers/walk.ts. */
+export interface LayerReader {
+  storePathEntries(paths: readonly string[]): AsyncIterable<TarEntry>;
+  symlinkLayerEntries(roots: readonly string[]): Promise<{ entries: TarEntry[]; conflicts: readonly unknown[] }>;
+}
+
+/** Packs entries into `out` (which it ends); implemented by layers/pack.ts. */
+export type LayerPacker = (
+  entries: AsyncIterable<TarEntry> | Iterable<TarEntry>,
+  out: Writable,
+  opts?: { signal?: AbortSignal },
+) => Promise<{ diffId: Digest; digest: Digest; size: number }>;
+
+export interface PlatformBuilderDeps {
+  readonly nix: NixRunner;
+  readonly storage: StorageBackend;
+  readonly reader: LayerReader;
+  readonly pack: LayerPacker;
+  readonly log: Logger;
+  readonly popularity: Popularity;
+  /** Most layers per image, the symlink layer included. */
+  readonly layerBudget: number;
+  /** Layers packed at once (one gzip stream per core). */
+  readonly packConcurrency: number;
+  readonly now: () => number;
+}
+
+const LAYER_KEY_VERSION = 'layer-v1';
+
+export function hashKey(...parts: string[]): string {
+  return createHash('sha256').update(parts.join('\0')).digest('hex');
+}
+
+export class PlatformBuilder {
+  private readonly layerFlights = new SingleFlight<string, StoredLayer>();
+  private readonly packLimit: ReturnType<typeof pLimit>;
+
+  constructor(private readonly deps: PlatformBuilderDeps) {
+    this.packLimit = pLimit(deps.packConcurrency);
+  }
+
+  async build(
+    build: Build,
+    packages: readonly string[],
+    arch: Architecture,
+    resolved: ResolvedSource,
+    signal: AbortSignal | undefined,
+  ): Promise<PlatformImage> {
+    const { nix, storage, now } = this.deps;
+    const platform = arch.ociArch;
+    const phase = (p: 'resolve' | 'realise' | 'closure' | 'group' | 'pack' | 'manifest') => build.emit({ type: 'phase', at: now(), phase: p, platform });
+
+    phase('resolve');
+    const pkgs = await nix.resolve(resolved.nix, packages, arch.nixSystem, { signal });
+    phase('realise');
+    await nix.realise([...new Set(pkgs.map((p) => p.drv))].sort(), { signal });
+    phase('closure');
+    const graph = await nix.closure([...new Set(pkgs.map((p) => p.out))], { signal });
+    phase('group');
+    const groups = groupLayers(graph, this.deps.popularity, this.deps.layerBudget - 1);
+
+    phase('pack');
+    const storeLayers = groups.map((g) =>
+      this.layer(build, platform, g.paths.map(storePathName).join(', '), g.paths, () => this.deps.reader.storePathEntries(g.paths), signal),
+    );
+    // Package order decides symlink conflicts: the image's sorted package order.
+    const forestRoots = pkgs.map((p) => p.out);
+    const symlinkLayer = this.layer(build, platform, 'symlink layer', ['symlinks', ...forestRoots], async () => {
+      const plan = await this.deps.reader.symlinkLayerEntries(forestRoots);
+      if (plan.conflicts.length > 0) this.deps.log.info({ image: build.image, conflicts: plan.conflicts }, 'symlink layer conflicts');
+      return plan.entries;
+    }, signal);
+    const layers: LayerInfo[] = await Promise.all([...storeLayers, symlinkLayer]);
+
+    phase('manifest');
+    const config = buildImageConfig({ arch, layers, hasShell: packages.includes('bashInteractive') });
+    await storage.putBlob(MediaType.ociConfig, config.bytes);
+    return {
+      platform: { os: 'linux', architecture: arch.ociArch },
+      config: { digest: config.digest as Digest, size: config.size },
+      layers: layers.map((l) => ({ digest: l.digest as Digest, size: l.size, diffId: l.diffId as Digest })),
+    };
+  }
+
+  /** A layer by content key: reused when stored, else packed once and stored. */
+  private layer(
+    build: Build,
+    platform: string,
+    description: string,
+    keyParts: readonly string[],
+    entries: () => AsyncIterable<TarEntry> | Promise<Iterable<TarEntry>>,
+    signal: AbortSignal | undefined,
+  ): Promise<LayerInfo> {
+    const key = hashKey(LAYER_KEY_VERSION, ...keyParts);
+    const { storage, now } = this.deps;
+    let reused = true;
+    return this.layerFlights
+      .run(key, async () => {
+        const raw = await storage.getRecord('layers', key);
+        if (raw !== undefined) {
+          const known = JSON.parse(raw.toString()) as StoredLayer;
+          if ((await storage.statBlob(known.digest)) !== undefined) return known;
+        }
+        reused = false;
+        const stored = await this.packLimit(async () => {
+          const source = await entries();
+          const r = await storage.persistBlob(MediaType.ociLayer, (out) => this.deps.pack(source, out, { signal }));
+          if (r.digest !== r.value.digest) throw new Error(`layer digest mismatch: packed ${r.value.digest}, stored ${r.digest}`);
+          return { digest: r.digest, size: r.size, diffId: r.value.diffId };
+        });
+        await storage.putRecord('layers', key, Buffer.from(JSON.stringify(stored)));
+        return stored;
+      })
+      .then((l) => {
+        build.emit({ type: 'layer', at: now(), platform, digest: l.digest, size: l.size, reused, description });
+        return { ...l, description };
+      });
+  }
+}
