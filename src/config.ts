@@ -28,7 +28,7 @@ export type StorageConfig =
     };
 
 /** pino's levels; `silent` logs nothing. */
-export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
 export interface Config {
@@ -60,16 +60,16 @@ export interface Config {
 }
 
 /** The default channel archive, as in Nixery: GitHub's tarball of a nixpkgs branch or commit. */
-export const DEFAULT_CHANNEL_URL = 'https://github.com/NixOS/nixpkgs/archive/{rev}.tar.gz';
+const DEFAULT_CHANNEL_URL = 'https://github.com/NixOS/nixpkgs/archive/{rev}.tar.gz';
 /** Where a channel name is resolved to its current nixpkgs commit. */
-export const DEFAULT_CHANNEL_REVISION_URL = 'https://channels.nixos.org/{channel}/git-revision';
+const DEFAULT_CHANNEL_REVISION_URL = 'https://channels.nixos.org/{channel}/git-revision';
 
 /**
  * Nixery uses 94 layers, which leaves images built `FROM` ours only ~30 layers
  * under the overlay limit of about 127. We default lower to keep headroom.
  */
 export const DEFAULT_LAYER_BUDGET = 64;
-export const MAX_LAYER_BUDGET = 125;
+const MAX_LAYER_BUDGET = 125;
 
 /** Per-variable parsing: every helper records a problem and returns a fallback. */
 class Reader {

@@ -228,7 +228,7 @@ function negotiate(c: Context): ManifestMediaType {
  * digest-shaped names a manifest that cannot exist (404 MANIFEST_UNKNOWN, as
  * the conformance suite expects for `.INVALID_MANIFEST_NAME`).
  */
-export function classifyReference(reference: string): { kind: 'tag' } | { kind: 'digest'; digest: Digest } {
+function classifyReference(reference: string): { kind: 'tag' } | { kind: 'digest'; digest: Digest } {
   if (isValidTag(reference)) return { kind: 'tag' };
   if (DIGEST_SHAPED.test(reference)) return { kind: 'digest', digest: parseDigest(reference) };
   throw new ManifestNotFoundError(
@@ -247,7 +247,7 @@ const DIGEST_SHAPED = /^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$/;
  * malformed header or several ranges get the whole blob; a range that
  * starts beyond the end is 416.
  */
-export function byteRange(header: string, size: number): ByteRange | undefined {
+function byteRange(header: string, size: number): ByteRange | undefined {
   const r = parseRange(size, header);
   if (r === -2) return undefined;
   if (r === -1) throw new RangeNotSatisfiableError(header, size);

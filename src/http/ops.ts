@@ -3,7 +3,7 @@
  * Prometheus metrics. Readiness means a pull could succeed now: storage is
  * reachable and writable, and Nix can be run.
  */
-import type { Hono } from 'hono';
+import type { Env, Hono } from 'hono';
 import type { Metrics } from '../metrics.js';
 
 export interface OpsDeps {
@@ -12,8 +12,7 @@ export interface OpsDeps {
   readonly checks: Readonly<Record<string, () => Promise<void>>>;
 }
 
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
-export function registerOps(app: Hono<any>, deps: OpsDeps): void {
+export function registerOps<E extends Env>(app: Hono<E>, deps: OpsDeps): void {
   app.get('/livez', (c) => c.json({ status: 'ok' }));
 
   app.get('/readyz', async (c) => {

@@ -15,7 +15,7 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { serveStatic } from '@hono/node-server/serve-static';
-import type { Context, Hono, Next } from 'hono';
+import type { Context, Env, Hono, Next } from 'hono';
 import { html, raw } from 'hono/html';
 import type { RecentError } from '../service/recent-errors.js';
 
@@ -60,7 +60,7 @@ function fill(template: string, values: Record<string, unknown>): Html | Promise
   return html`${parts}`;
 }
 
-export function registerStartPage(app: Hono<any>, deps: StartPageDeps): void {
+export function registerStartPage<E extends Env>(app: Hono<E>, deps: StartPageDeps): void {
   const root = path.resolve(deps.webDir);
   const index = path.join(root, 'index.html');
 

@@ -31,14 +31,14 @@ export interface ImageSpec {
   readonly arch: Architecture;
 }
 
-export const SHELL_PACKAGES = ['bashInteractive', 'coreutils', 'moreutils', 'nano'] as const;
+const SHELL_PACKAGES = ['bashInteractive', 'coreutils', 'moreutils', 'nano'] as const;
 export const ALWAYS_INCLUDED = ['cacert', 'iana-etc'] as const;
 
 /** Distribution spec: lowercase components separated by `.`, `_`, `__` or dashes. */
 const COMPONENT = /^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*$/;
 const TAG = /^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$/;
 /** Docker's limit on a whole repository name. */
-export const MAX_NAME_LENGTH = 255;
+const MAX_NAME_LENGTH = 255;
 
 export function validateName(name: string): void {
   if (name.length === 0) throw new InvalidImageNameError(name, 'the name is empty');
@@ -64,7 +64,7 @@ export function isValidTag(tag: string): boolean {
   return TAG.test(tag);
 }
 
-export function validateTag(tag: string): void {
+function validateTag(tag: string): void {
   if (!isValidTag(tag)) {
     throw new InvalidTagError(tag, 'a tag is up to 128 letters, digits, ".", "_" and "-", not starting with "." or "-"');
   }

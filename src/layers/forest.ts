@@ -95,7 +95,7 @@ const DIR_MODE = 0o755;
 const TMP_MODE = 0o1777;
 // Linux ignores symlink permissions; 0777 is what lstat reports and GNU tar writes.
 const LINK_MODE = 0o777;
-export const IMAGE_OWNER = 'image';
+const IMAGE_OWNER = 'image';
 
 type Planned =
   | { kind: 'dir'; owner: string; mode: number; children: Map<string, Planned> }

@@ -62,14 +62,6 @@ export interface ExecaNixRunnerOptions {
   readonly offline: boolean;
   /** Extra arguments for the package set's import, e.g. { salt } in tests. */
   readonly importArgs?: Readonly<Record<string, unknown>>;
-  /**
-   * Concurrent realisations. Nix 2.8 re-checks a busy store-path lock only
-   * every 5 s, so racing realisations of overlapping closures is slower than
-   * queueing them; the default is 1.
-   */
-  readonly realiseConcurrency?: number;
-  /** Seconds between SIGTERM and SIGKILL of a Nix process group. */
-  readonly killGraceSeconds?: number;
   /** NIX_CONFIG lines for every Nix process (the server's own NIX_CONFIG, from the configuration). */
   readonly nixConfig?: string;
   /** Extra environment for Nix (XDG_CACHE_HOME in tests). */
@@ -79,7 +71,7 @@ export interface ExecaNixRunnerOptions {
 /** Keep the end of stderr: that is where Nix puts the error. */
 const STDERR_LIMIT = 16 * 1024;
 
-export function tailOf(text: string, limit = STDERR_LIMIT): string {
+function tailOf(text: string, limit = STDERR_LIMIT): string {
   const t = text.trim();
   return t.length <= limit ? t : `…${t.slice(t.length - limit)}`;
 }
@@ -121,7 +113,9 @@ export class ExecaNixRunner implements NixRunner {
   private readonly live = new Map<number, { stop: () => void; ended: Promise<unknown> }>();
 
   constructor(private readonly opts: ExecaNixRunnerOptions) {
-    this.realiseQueue = pLimit(opts.realiseConcurrency ?? 1);
+    // Nix 2.8 re-checks a busy store-path lock only every 5 s: queueing
+    // realisations of overlapping closures beats racing them.
+    this.realiseQueue = pLimit(1);
   }
 
   private nixEnv(): Record<string, string> {
@@ -155,7 +149,7 @@ export class ExecaNixRunner implements NixRunner {
       signalGroup(child.pid, 'SIGTERM');
       setTimeout(() => {
         if (!exited) signalGroup(child.pid, 'SIGKILL');
-      }, (this.opts.killGraceSeconds ?? 3) * 1000).unref();
+      }, KILL_GRACE_SECONDS * 1000).unref();
     };
     const timer = setTimeout(() => stop('timeout'), limitSeconds * 1000);
     const onAbort = () => stop('abort');
@@ -263,6 +257,9 @@ export class ExecaNixRunner implements NixRunner {
     await this.run('nix-instantiate', ['--eval', '--expr', 'builtins.nixVersion'], CHECK_TIMEOUT_SECONDS);
   }
 }
+
+/** Seconds between SIGTERM and SIGKILL of a Nix process group. */
+const KILL_GRACE_SECONDS = 3;
 
 /** Seconds a readiness check of Nix may take. */
 const CHECK_TIMEOUT_SECONDS = 10;

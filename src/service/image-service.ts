@@ -27,8 +27,6 @@ import { decodeRecord, encodeRecord, type BlobRef, type BuiltImage } from './rec
 
 export interface ImageServiceDeps extends Omit<PlatformBuilderDeps, 'packConcurrency'> {
   readonly source: PackageSourceResolver;
-  readonly packConcurrency?: number;
-  readonly manifestCacheSize?: number;
   /** Aborted on shutdown: stops running builds and their Nix processes. */
   readonly shutdown?: AbortSignal;
 }
@@ -50,6 +48,10 @@ export type ServiceEvent =
 export type ServiceListener = (event: ServiceEvent) => void;
 
 const MANIFEST_KEY_VERSION = 'image-v1';
+/** Layers packed at once: one gzip stream per core of the machines we run on. */
+const PACK_CONCURRENCY = 2;
+/** Built images kept in memory (a record is a few hundred bytes). */
+const IMAGE_CACHE_SIZE = 1000;
 
 export class ImageService {
   private readonly builder: PlatformBuilder;
@@ -64,10 +66,11 @@ export class ImageService {
   private readonly layeringIdentity: string;
 
   constructor(private readonly deps: ImageServiceDeps) {
-    this.builder = new PlatformBuilder({ ...deps, packConcurrency: deps.packConcurrency ?? 2 });
+    this.builder = new PlatformBuilder({ ...deps, packConcurrency: PACK_CONCURRENCY });
     this.layeringIdentity = layeringIdentity(deps.layerBudget, deps.popularity);
-    this.cache = new LRUCache({ max: deps.manifestCacheSize ?? 1000 });
-    this.manifestBytes = new LRUCache({ max: 2 * (deps.manifestCacheSize ?? 1000) });
+    this.cache = new LRUCache({ max: IMAGE_CACHE_SIZE });
+    // Two flavours (OCI, Docker) per image; a manifest is a few KB.
+    this.manifestBytes = new LRUCache({ max: 2 * IMAGE_CACHE_SIZE });
   }
 
   subscribe(listener: ServiceListener): () => void {

@@ -22,7 +22,7 @@ export interface ImageServiceStats {
 }
 
 /** Calls `each` for every build the service starts from now on. */
-export function onEachBuild(service: ImageService, each: (build: Build) => void): () => void {
+function onEachBuild(service: ImageService, each: (build: Build) => void): () => void {
   return service.subscribe((e) => {
     if (e.type === 'build') each(e.build);
   });

@@ -152,32 +152,21 @@ export class FilesystemStorage implements StorageBackend {
 
 /** Read size when serving blobs: few syscalls per blob, little memory per download. */
 const SERVE_CHUNK = 1 << 20;
-/** Idle serve buffers kept for the next download (SERVE_CHUNK each). */
-const SERVE_POOL_MAX = 16;
-const servePool: Buffer[] = [];
 
 /**
- * Bytes [start, end) of a blob file. As a Readable it is what
- * fs.createReadStream would give (a fresh buffer per chunk, since a consumer
- * may keep its chunks). sendTo() is the fast way into a socket
- * (http/app.ts uses it): the same bytes through two reused buffers, each
- * refilled only once the socket has released it (its write callback). A
- * fresh 1 MiB buffer per chunk (as createReadStream does) measured about
- * twice the server CPU time per download, mostly allocation and the GCs
- * that external memory triggers; on two cores shared with the client that
- * slows the transfer (bench/serve.mjs).
+ * Bytes [start, end) of a blob file, read in 1 MiB chunks into fresh
+ * buffers (the HTTP layer hands them to the socket without copying).
  */
 class BlobFileStream extends Readable {
   private readonly opened: Promise<FileHandle>;
   private fh: FileHandle | undefined;
   private pos: number;
-  private sending = false;
 
   constructor(file: string, private readonly start: number, private readonly end: number) {
     super({ highWaterMark: SERVE_CHUNK });
     this.pos = start;
     this.opened = open(file, 'r');
-    // Failures surface through _construct (as a stream error) or sendTo.
+    // Failures surface through _construct, as a stream error.
     this.opened.catch(() => undefined);
   }
 
@@ -207,52 +196,6 @@ class BlobFileStream extends Readable {
     this.fh = undefined;
     if (fh === undefined) callback(err);
     else fh.close().then(() => callback(err), () => callback(err));
-  }
-
-  /**
-   * Writes the bytes into `out` and ends it; destroys this stream either
-   * way. Only for a stream nobody has read from, and only into a writable
-   * that is done with a chunk when its write callback runs (a socket, an
-   * http.ServerResponse). Rejects when `out` closes or fails first.
-   */
-  async sendTo(out: Writable): Promise<void> {
-    if (this.sending || this.readableFlowing !== null || this.pos !== this.start) throw new Error('sendTo on a stream already in use');
-    this.sending = true;
-    let onClose!: () => void;
-    const closed = new Promise<never>((_, reject) => {
-      onClose = () => reject(Object.assign(new Error('client closed the connection'), { code: 'ERR_STREAM_PREMATURE_CLOSE' }));
-    });
-    closed.catch(() => undefined);
-    out.once('close', onClose);
-    const bufs = [servePool.pop() ?? Buffer.allocUnsafeSlow(SERVE_CHUNK), servePool.pop() ?? Buffer.allocUnsafeSlow(SERVE_CHUNK)];
-    const written: (Promise<void> | undefined)[] = [undefined, undefined];
-    let complete = false;
-    try {
-      const fh = await Promise.race([this.opened, closed]);
-      // Backpressure is the write callbacks, not 'drain': while one chunk
-      // is going out, the next is read and queued behind it, so the socket
-      // never waits for the disk. At most two chunks are ever buffered.
-      for (let i = 0; this.pos < this.end; i ^= 1) {
-        // Reuse a buffer only after the socket is done with it.
-        if (written[i]) await Promise.race([written[i], closed]);
-        const n = Math.min(SERVE_CHUNK, this.end - this.pos);
-        const { bytesRead } = await fh.read(bufs[i]!, 0, n, this.pos);
-        if (bytesRead === 0) break; // shorter than its stat said: end early, as the Readable does
-        this.pos += bytesRead;
-        written[i] = new Promise<void>((resolve, reject) => {
-          out.write(bufs[i]!.subarray(0, bytesRead), (e) => (e ? reject(e) : resolve()));
-        });
-        written[i]!.catch(() => undefined);
-      }
-      await Promise.race([Promise.all(written), closed]);
-      complete = true;
-      out.end();
-    } finally {
-      out.off('close', onClose);
-      // Buffers of an aborted send may still be referenced by a cancelled write: leave them to the GC.
-      if (complete) for (const b of bufs) if (servePool.length < SERVE_POOL_MAX) servePool.push(b);
-      this.destroy();
-    }
   }
 }
 

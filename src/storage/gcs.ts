@@ -73,7 +73,7 @@ export interface GcsStorageOptions {
 }
 
 /** See the module comment. Delays are seconds: retry n waits min(2^n s + jitter, maxRetryDelay). */
-export const RETRY_OPTIONS: RetryOptions = {
+const RETRY_OPTIONS: RetryOptions = {
   autoRetry: true,
   maxRetries: 3,
   retryDelayMultiplier: 2,

@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { afterAll, describe, expect, it } from 'vitest';
 import { skopeoPull } from '../helpers/clients.js';
 import { demoSource, freshSalt, makeRunner, processesMatching } from '../helpers/nix.js';
-import { runUntilExit, scratchDir, startServer, type RunningServer } from '../helpers/server.js';
+import { demoServerEnv, runUntilExit, scratchDir, startServer, type RunningServer } from '../helpers/server.js';
 
 const OCI = 'application/vnd.oci.image.manifest.v1+json';
 const servers: RunningServer[] = [];
@@ -124,6 +124,33 @@ describe('start-up with a bad configuration', () => {
     } finally {
       execFileSync('umount', [dir.path]);
     }
+  });
+});
+
+describe('start-up with a bad log level', () => {
+  it('NIXERY_LOG_LEVEL=verbose stops start-up with one line naming the variable, exit code 2', async () => {
+    const storage = await scratchDir('nixery-loglevel-');
+    dirs.push(storage);
+    const { code, stderr } = await runUntilExit({ ...demoServerEnv(storage.path), NIXERY_LOG_LEVEL: 'verbose' });
+    expect(code).toBe(2);
+    expect(stderr.trim().split('\n')).toEqual([
+      'nixery-ts: configuration error: NIXERY_LOG_LEVEL: "verbose" is not a log level (use fatal, error, warn, info, debug, trace or silent)',
+    ]);
+  });
+});
+
+describe('an unreachable git repository', () => {
+  it('answers 503 UNAVAILABLE naming the repository (without its credentials), not "storage unavailable"', async () => {
+    const server = await start({ NIXERY_PKGS_PATH: '', NIXERY_PKGS_REPO: 'http://user:s3cret@127.0.0.1:1/pkgs.git' });
+    const res = await fetch(`${server.url}/v2/hello/manifests/latest`);
+    expect(res.status).toBe(503);
+    expect(res.headers.get('retry-after')).toBeTruthy();
+    const e = ((await res.json()) as { errors: { code: string; message: string }[] }).errors[0]!;
+    expect(e.code).toBe('UNAVAILABLE');
+    expect(e.message).toContain('http://127.0.0.1:1/pkgs.git');
+    expect(e.message).not.toContain('storage');
+    expect(JSON.stringify(e)).not.toContain('s3cret');
+    expect(server.logs.join('\n')).not.toContain('s3cret');
   });
 });
 
