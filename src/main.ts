@@ -6,6 +6,7 @@
  */
 import { serve } from '@hono/node-server';
 import type { Server } from 'node:http';
+import { randomUUID } from 'node:crypto';
 import { realpathSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
@@ -13,6 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { loadConfig, type Config, type Env } from './config.js';
 import { ConfigError } from './errors.js';
 import { createApp } from './http/app.js';
+import { clientErrorResponse } from './http/errcode.js';
 import { createLogger } from './log.js';
 import { createMetrics } from './metrics.js';
 import { ROOT, createRuntime, type Runtime } from './runtime.js';
@@ -65,6 +67,11 @@ export async function main(env: Env): Promise<void> {
   const server = serve({ fetch: app.fetch, hostname: config.host, port: config.port }, (info) => {
     logger.info({ host: info.address, port: info.port, source: runtime.source.description, storage: config.storage.kind }, 'listening');
   }) as Server;
+
+  server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+    if (err.code === 'ECONNRESET' || !socket.writable) socket.destroy();
+    else socket.end(clientErrorResponse(err, randomUUID()));
+  });
 
   // However the process ends, no Nix process group it started is left behind
   // (SIGKILL cannot be caught: see the README).

@@ -93,3 +93,22 @@ export function errorBody(e: RegistryError, requestId: string): string {
   const detail = e.detail === undefined ? { requestId } : typeof e.detail === 'object' && e.detail !== null ? { ...e.detail, requestId } : { reason: e.detail, requestId };
   return JSON.stringify({ errors: [{ code: e.code, message: e.message, detail }] });
 }
+
+/**
+ * The raw HTTP answer to a request Node's parser refused before the app saw
+ * it (an unknown method, a malformed request line, oversized headers): a
+ * registry error too, instead of Node's bare "400 Bad Request".
+ */
+export function clientErrorResponse(err: { code?: string }, requestId: string): string {
+  const [status, reason, e] =
+    err.code === 'HPE_INVALID_METHOD'
+      ? ([405, 'Method Not Allowed', { code: 'UNSUPPORTED', message: 'this method is not supported' }] as const)
+      : err.code === 'HPE_HEADER_OVERFLOW'
+        ? ([431, 'Request Header Fields Too Large', { code: 'UNKNOWN', message: 'request headers too large' }] as const)
+        : ([400, 'Bad Request', { code: 'UNKNOWN', message: 'malformed HTTP request' }] as const);
+  const body = JSON.stringify({ errors: [{ ...e, detail: { requestId } }] });
+  return (
+    `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+    `Docker-Distribution-API-Version: registry/2.0\r\nX-Request-Id: ${requestId}\r\nConnection: close\r\n\r\n${body}`
+  );
+}

@@ -117,6 +117,11 @@ describe('manifests', () => {
     expect({ evaluations: after.evaluations, realisations: after.realisations }).toEqual({ evaluations: before.evaluations, realisations: before.realisations });
   });
 
+  it('answers a method the HTTP parser does not know with a registry error too', async () => {
+    const e = await expectRegistryError(await raw('FOO', '/v2/hello/manifests/latest'), 405, 'UNSUPPORTED');
+    expect(e.detail['requestId']).toEqual(expect.any(String));
+  });
+
   it('answers an unknown manifest digest with 404 MANIFEST_UNKNOWN', async () => {
     await expectRegistryError(await raw('GET', `/v2/hello/manifests/sha256:${'0'.repeat(64)}`), 404, 'MANIFEST_UNKNOWN');
   });
