@@ -9,7 +9,6 @@
  * every response, blobs included, is made with `c.body()`, so headers a
  * middleware set with `c.header()` reach the client.
  */
-import { Readable } from 'node:stream';
 import { Hono, type Context } from 'hono';
 import { accepts } from 'hono/accepts';
 import { requestId, type RequestIdVariables } from 'hono/request-id';
@@ -152,7 +151,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     if (served.kind === 'redirect') return reply(c, 307, null, { Location: served.url, 'Docker-Content-Digest': digest, ...API_VERSION });
     const length = range ? range.end - range.start + 1 : info.size;
     deps.ops?.metrics.addBytesServed(length);
-    return reply(c, range ? 206 : 200, webStream(served.stream), {
+    return reply(c, range ? 206 : 200, served.stream, {
       ...headers,
       'Content-Length': String(length),
       ...(range ? { 'Content-Range': `bytes ${range.start}-${range.end}/${info.size}` } : {}),
@@ -253,25 +252,6 @@ function byteRange(header: string, size: number): ByteRange | undefined {
   if (r === -1) throw new RangeNotSatisfiableError(header, size);
   if (r.type !== 'bytes' || r.length !== 1) return undefined;
   return { start: r[0]!.start, end: r[0]!.end };
-}
-
-/**
- * A Node stream as a web stream without copying its chunks (Readable.toWeb
- * copies each one), ending the file read when the client goes away.
- */
-function webStream(stream: NodeJS.ReadableStream): ReadableStream<Uint8Array> {
-  const node = stream instanceof Readable ? stream : new Readable().wrap(stream);
-  const chunks = node[Symbol.asyncIterator]();
-  return new ReadableStream<Uint8Array>({
-    async pull(controller) {
-      const { value, done } = await chunks.next();
-      if (done) controller.close();
-      else controller.enqueue(value as Uint8Array);
-    },
-    async cancel() {
-      await chunks.return?.();
-    },
-  }, { highWaterMark: 1 });
 }
 
 /** A response whose headers are these plus any a middleware set; HEAD gets the headers without the body. */

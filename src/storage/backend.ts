@@ -38,7 +38,8 @@ export type ServedBlob =
       readonly info: BlobInfo;
       /** The requested range, already clamped to the blob; undefined for the whole blob. */
       readonly range: ByteRange | undefined;
-      readonly stream: NodeJS.ReadableStream;
+      /** A web stream: the HTTP layer answers with it as it is. */
+      readonly stream: ReadableStream<Uint8Array>;
     }
   | { readonly kind: 'redirect'; readonly info: BlobInfo; readonly url: string };
 

@@ -10,7 +10,7 @@ import { randomUUID } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { Readable, type Writable } from 'node:stream';
+import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { getAttribute, setAttribute } from '@napi-rs/xattr';
 import { HashingStream, digestHex, sha256Digest, type Digest } from '../digest.js';
@@ -114,7 +114,7 @@ export class FilesystemStorage implements StorageBackend {
   async serveBlob(digest: Digest, range?: ByteRange, known?: BlobInfo): Promise<ServedBlob | undefined> {
     const info = known ?? (await this.statBlob(digest));
     if (info === undefined) return undefined;
-    const stream = new BlobFileStream(this.blobPath(digest), range?.start ?? 0, range ? range.end + 1 : info.size);
+    const stream = blobFileStream(this.blobPath(digest), range?.start ?? 0, range ? range.end + 1 : info.size);
     return { kind: 'stream', info, range, stream };
   }
 
@@ -154,49 +154,40 @@ export class FilesystemStorage implements StorageBackend {
 const SERVE_CHUNK = 1 << 20;
 
 /**
- * Bytes [start, end) of a blob file, read in 1 MiB chunks into fresh
- * buffers (the HTTP layer hands them to the socket without copying).
+ * Bytes [start, end) of a blob file as a web stream, read in 1 MiB chunks
+ * into fresh buffers (the HTTP layer hands them to the socket without
+ * copying); two chunks are read ahead so the socket never waits for the disk.
  */
-class BlobFileStream extends Readable {
-  private readonly opened: Promise<FileHandle>;
-  private fh: FileHandle | undefined;
-  private pos: number;
-
-  constructor(file: string, private readonly start: number, private readonly end: number) {
-    super({ highWaterMark: SERVE_CHUNK });
-    this.pos = start;
-    this.opened = open(file, 'r');
-    // Failures surface through _construct, as a stream error.
-    this.opened.catch(() => undefined);
-  }
-
-  override _construct(callback: (err?: Error | null) => void): void {
-    this.opened.then((fh) => {
-      this.fh = fh;
-      callback();
-    }, callback);
-  }
-
-  override _read(): void {
-    const n = Math.min(SERVE_CHUNK, this.end - this.pos);
-    if (n <= 0) {
-      this.push(null);
-      return;
-    }
-    const buf = Buffer.allocUnsafeSlow(n);
-    this.fh!.read(buf, 0, n, this.pos).then(({ bytesRead }) => {
-      this.pos += bytesRead;
-      // A file shorter than its stat said ends the stream early, as createReadStream does.
-      this.push(bytesRead === 0 ? null : bytesRead < n ? buf.subarray(0, bytesRead) : buf);
-    }, (e: Error) => this.destroy(e));
-  }
-
-  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
-    const fh = this.fh;
-    this.fh = undefined;
-    if (fh === undefined) callback(err);
-    else fh.close().then(() => callback(err), () => callback(err));
-  }
+function blobFileStream(file: string, start: number, end: number): ReadableStream<Uint8Array> {
+  let fh: FileHandle | undefined;
+  let pos = start;
+  const close = async () => {
+    const h = fh;
+    fh = undefined;
+    await h?.close().catch(() => undefined);
+  };
+  return new ReadableStream<Uint8Array>(
+    {
+      async start() {
+        fh = await open(file, 'r');
+      },
+      async pull(controller) {
+        const n = Math.min(SERVE_CHUNK, end - pos);
+        const buf = Buffer.allocUnsafeSlow(Math.max(n, 0));
+        const bytesRead = n > 0 && fh ? (await fh.read(buf, 0, n, pos)).bytesRead : 0;
+        if (bytesRead === 0) {
+          // The end, or a file shorter than its stat said: end early, as createReadStream does.
+          await close();
+          controller.close();
+          return;
+        }
+        pos += bytesRead;
+        controller.enqueue(bytesRead < n ? buf.subarray(0, bytesRead) : buf);
+      },
+      cancel: close,
+    },
+    { highWaterMark: 2 },
+  );
 }
 
 function isNotFound(e: unknown): boolean {

@@ -4,7 +4,7 @@
  * contract of backend.ts, including "nothing visible before it is complete":
  * a blob is hashed while it is written and appears only once whole.
  */
-import { Readable, Writable } from 'node:stream';
+import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { HashingStream, sha256Digest, type Digest } from '../digest.js';
 import {
@@ -67,7 +67,13 @@ export class MemoryStorage implements StorageBackend {
     const b = this.blobs.get(digest);
     if (b === undefined) return undefined;
     const bytes = range ? b.bytes.subarray(range.start, range.end + 1) : b.bytes;
-    return { kind: 'stream', info: { size: b.bytes.length, mediaType: b.mediaType }, range, stream: Readable.from([bytes]) };
+    const stream = new ReadableStream<Uint8Array>({
+      start(controller) {
+        controller.enqueue(new Uint8Array(bytes));
+        controller.close();
+      },
+    });
+    return { kind: 'stream', info: { size: b.bytes.length, mediaType: b.mediaType }, range, stream };
   }
 
   async putRecord(kind: 'manifests' | 'layers', key: string, bytes: Buffer): Promise<void> {

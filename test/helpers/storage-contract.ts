@@ -12,9 +12,9 @@ import type { StorageBackend } from '../../src/storage/backend.js';
 
 const sha = (b: Buffer): Digest => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
-async function collect(s: NodeJS.ReadableStream): Promise<Buffer> {
+async function collect(s: ReadableStream<Uint8Array>): Promise<Buffer> {
   const chunks: Buffer[] = [];
-  for await (const c of s as AsyncIterable<Buffer>) chunks.push(Buffer.from(c));
+  for await (const c of s as unknown as AsyncIterable<Uint8Array>) chunks.push(Buffer.from(c));
   return Buffer.concat(chunks);
 }
 

@@ -61,7 +61,10 @@ describe('the HTTP surface under random requests', () => {
       fc.asyncProperty(caseArb(options).filter(sendable), async (c) => {
         const before = r.nix.stats.evaluations;
         await send(c);
-        if (!mayBuild(c.method, c.path)) expect(r.nix.stats.evaluations, `${c.method} ${c.path}`).toBe(before);
+        // In-process, the URL parser resolves dot segments before the app sees
+        // the path (over a socket the app refuses them): judge what it received.
+        const received = new URL(`http://registry.test${c.path}`).pathname;
+        if (!mayBuild(c.method, received)) expect(r.nix.stats.evaluations, `${c.method} ${c.path}`).toBe(before);
       }),
       { numRuns: 1500 },
     );
