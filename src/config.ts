@@ -57,6 +57,25 @@ export interface Config {
   readonly logLevel: LogLevel;
   /** NIX_CONFIG as given (nix.conf lines), passed on to every Nix process; undefined when unset or empty. */
   readonly nixConfig: string | undefined;
+  /** NIXERY_AUTH_HTPASSWD: bcrypt htpasswd file; undefined means no authentication. */
+  readonly htpasswdFile: string | undefined;
+  /** NIXERY_ANONYMOUS: what a request without credentials may do (default: build without htpasswd, none with it). */
+  readonly anonymous: AnonymousPolicy;
+  /** NIXERY_TLS_CERT / NIXERY_TLS_KEY: PEM files; the server speaks HTTPS when set. */
+  readonly tls: { readonly certFile: string; readonly keyFile: string } | undefined;
+  /** Build admission: builds at once, builds waiting, packages per image, seconds a failed build is remembered. */
+  readonly admission: AdmissionConfig;
+}
+
+export const ANONYMOUS_POLICIES = ['build', 'pull', 'none'] as const;
+/** build: anyone may pull and build; pull: anonymous pulls of built images only; none: a login for everything. */
+export type AnonymousPolicy = (typeof ANONYMOUS_POLICIES)[number];
+
+export interface AdmissionConfig {
+  readonly maxBuilds: number;
+  readonly maxQueuedBuilds: number;
+  readonly maxPackages: number;
+  readonly failedBuildTtlSeconds: number;
 }
 
 /** The default channel archive, as in Nixery: GitHub's tarball of a nixpkgs branch or commit. */
@@ -234,6 +253,20 @@ function parseStorage(r: Reader): StorageConfig | undefined {
   }
 }
 
+function parseAccess(r: Reader): Pick<Config, 'htpasswdFile' | 'anonymous' | 'tls'> {
+  const htpasswdFile = r.absolutePath('NIXERY_AUTH_HTPASSWD');
+  const anonymous = r.choice('NIXERY_ANONYMOUS', ANONYMOUS_POLICIES, r.str('NIXERY_AUTH_HTPASSWD') === undefined ? 'build' : 'none', 'an anonymous access policy');
+  if (anonymous !== 'build' && r.str('NIXERY_AUTH_HTPASSWD') === undefined) {
+    r.problem('NIXERY_ANONYMOUS', `${anonymous} needs logins, so NIXERY_AUTH_HTPASSWD must be set`);
+  }
+  const certFile = r.absolutePath('NIXERY_TLS_CERT');
+  const keyFile = r.absolutePath('NIXERY_TLS_KEY');
+  if ((r.str('NIXERY_TLS_CERT') === undefined) !== (r.str('NIXERY_TLS_KEY') === undefined)) {
+    r.problem(r.str('NIXERY_TLS_CERT') === undefined ? 'NIXERY_TLS_CERT' : 'NIXERY_TLS_KEY', 'NIXERY_TLS_CERT and NIXERY_TLS_KEY must be set together');
+  }
+  return { htpasswdFile, anonymous, tls: certFile !== undefined && keyFile !== undefined ? { certFile, keyFile } : undefined };
+}
+
 export function parseConfig(env: Env): Config {
   const r = new Reader(env);
   const host = r.str('NIXERY_HOST') ?? '0.0.0.0';
@@ -255,7 +288,20 @@ export function parseConfig(env: Env): Config {
     shutdownGraceSeconds: r.int('NIXERY_SHUTDOWN_GRACE_SECONDS', 20, 0, 3600),
     logLevel: r.choice('NIXERY_LOG_LEVEL', LOG_LEVELS, 'info', 'a log level'),
     nixConfig: r.verbatim('NIX_CONFIG'),
+    ...parseAccess(r),
+    admission: {
+      maxBuilds: r.int('NIXERY_MAX_BUILDS', 2, 1, 1024),
+      maxQueuedBuilds: r.int('NIXERY_MAX_QUEUED_BUILDS', 32, 0, 100_000),
+      maxPackages: r.int('NIXERY_MAX_PACKAGES', 64, 1, 10_000),
+      failedBuildTtlSeconds: r.int('NIXERY_FAILED_BUILD_TTL', 60, 0, 24 * 3600),
+    },
   };
+  if (config.htpasswdFile !== undefined && config.storage?.kind === 'gcs' && config.storage.credentialsFile === undefined) {
+    r.problem(
+      'GOOGLE_APPLICATION_CREDENTIALS',
+      'required with NIXERY_AUTH_HTPASSWD and gcs storage: without a signing key blobs redirect to public object URLs that anyone can fetch',
+    );
+  }
   if (r.problems.length > 0 || config.pkgs === undefined || config.storage === undefined) {
     throw new ConfigError(r.problems);
   }

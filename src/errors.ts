@@ -159,3 +159,11 @@ export class SourceUnavailableError extends NixeryError {
     super(`package source ${source} is unavailable: ${reason}`, options);
   }
 }
+
+/** The request needs (other) credentials. `why` is for the client; it never contains what was sent. */
+export class UnauthorizedError extends NixeryError {
+  readonly code = 'UNAUTHORIZED';
+  constructor(readonly why: string) {
+    super(why);
+  }
+}

@@ -31,6 +31,9 @@ export interface RegistryError {
   readonly cause?: unknown;
 }
 
+/** The realm clients show when they ask for a login. */
+export const AUTH_REALM = 'nixery-ts';
+
 type Row = (err: never) => Omit<RegistryError, 'cause'>;
 
 const expected = (status: number, code: string, message: string, detail?: unknown): Omit<RegistryError, 'cause'> => ({
@@ -50,6 +53,10 @@ const TABLE: Readonly<Record<string, Row>> = {
     headers: { 'Content-Range': `bytes */${e.size}` },
   }),
   UNSUPPORTED: (e: NixeryError) => expected(405, 'UNSUPPORTED', e.message),
+  UNAUTHORIZED: (e: NixeryError) => ({
+    ...expected(401, 'UNAUTHORIZED', e.message),
+    headers: { 'WWW-Authenticate': `Basic realm="${AUTH_REALM}", charset="UTF-8"` },
+  }),
   // The package set failed to build this image: a failure of the image, not
   // of the server; its stderr is on the start page too.
   NIX_BUILD_FAILED: (e: NixBuildError) => ({
