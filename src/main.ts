@@ -6,6 +6,7 @@
  */
 import { serve } from '@hono/node-server';
 import type { Server } from 'node:http';
+import { createServer as createHttpsServer, type Server as HttpsServer } from 'node:https';
 import { randomUUID } from 'node:crypto';
 import { realpathSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
@@ -13,7 +14,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadConfig, type Config, type Env } from './config.js';
 import { ConfigError } from './errors.js';
+import { Htpasswd } from './auth/htpasswd.js';
 import { createApp } from './http/app.js';
+import { authenticator } from './http/auth.js';
+import { loadTls, watchTls, type TlsMaterial } from './http/tls.js';
 import { clientErrorResponse } from './http/errcode.js';
 import { createLogger } from './log.js';
 import { createMetrics } from './metrics.js';
@@ -29,17 +33,33 @@ async function isDirectory(p: string): Promise<string | undefined> {
   }
 }
 
+function isLoopback(host: string): boolean {
+  return host === 'localhost' || host === '::1' || host.startsWith('127.');
+}
+
 /** Exit code of a configuration mistake, as documented in the README. */
 const CONFIG_EXIT = 2;
 
 export async function main(env: Env): Promise<void> {
   let config: Config;
   let runtime: Runtime;
+  let users: Htpasswd | undefined;
+  let tls: TlsMaterial | undefined;
   const log = (level: string | undefined) => createLogger({ level });
   let logger = log('info');
   try {
     config = await loadConfig(env, { storageDirectory: probeStorageDirectory, packagePath: isDirectory, directory: isDirectory });
     logger = log(config.logLevel);
+    const problems: string[] = [];
+    const htpasswdFile = config.htpasswdFile;
+    if (htpasswdFile !== undefined) {
+      users = await Htpasswd.open(htpasswdFile, {
+        onReload: (n) => logger.info({ file: htpasswdFile, users: n }, 'htpasswd file reloaded'),
+        onReloadError: (message) => logger.error({ file: htpasswdFile, problem: message }, 'htpasswd file not reloaded; the previous users stay in force'),
+      }).catch((e: Error) => void problems.push(`NIXERY_AUTH_HTPASSWD: ${e.message}`));
+    }
+    if (config.tls !== undefined) tls = await loadTls(config.tls).catch((e: Error) => void problems.push(`NIXERY_TLS_CERT: ${e.message}`));
+    if (problems.length > 0) throw new ConfigError(problems);
     runtime = await createRuntime(config, logger);
   } catch (e) {
     if (!(e instanceof ConfigError)) throw e;
@@ -62,11 +82,32 @@ export async function main(env: Env): Promise<void> {
     stats: () => ({ ...runtime.stats, nix: { ...runtime.nix.stats } }),
     now: runtime.now,
     ops: { metrics, checks: { storage: () => runtime.storage.check(), nix: () => runtime.nix.check() } },
+    auth: authenticator(users, config.anonymous, runtime.now),
   });
 
-  const server = serve({ fetch: app.fetch, hostname: config.host, port: config.port }, (info) => {
-    logger.info({ host: info.address, port: info.port, source: runtime.source.description, storage: config.storage.kind }, 'listening');
-  }) as Server;
+  const server = serve(
+    {
+      fetch: app.fetch,
+      hostname: config.host,
+      port: config.port,
+      ...(tls ? { createServer: createHttpsServer, serverOptions: { cert: tls.cert, key: tls.key } } : {}),
+    },
+    (info) => {
+      logger.info(
+        { host: info.address, port: info.port, tls: tls !== undefined, auth: users !== undefined, anonymous: config.anonymous, source: runtime.source.description, storage: config.storage.kind },
+        'listening',
+      );
+    },
+  ) as Server;
+  if (users !== undefined && tls === undefined && !isLoopback(config.host)) {
+    logger.warn({ host: config.host }, 'htpasswd authentication without TLS: passwords cross the network in clear text (set NIXERY_TLS_CERT and NIXERY_TLS_KEY, or terminate TLS in front)');
+  }
+  const stopTlsWatch = tls && config.tls
+    ? watchTls(server as unknown as HttpsServer, config.tls, tls, {
+        reloaded: () => logger.info({ cert: config.tls?.certFile }, 'TLS certificate reloaded'),
+        failed: (message) => logger.error({ problem: message }, 'TLS certificate not reloaded; the previous one stays in use'),
+      })
+    : undefined;
 
   server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
     if (err.code === 'ECONNRESET' || !socket.writable) socket.destroy();
@@ -83,6 +124,8 @@ export async function main(env: Env): Promise<void> {
     stopping = true;
     const graceMs = code === 0 ? config.shutdownGraceSeconds * 1000 : 0;
     logger.info({ reason: why, graceMs }, 'shutting down: no new connections, running builds get a grace period');
+    stopTlsWatch?.();
+    users?.close();
     server.close(() => {
       void runtime.close().finally(() => {
         logger.info('stopped');

@@ -21,6 +21,7 @@ import { MediaType, type ManifestMediaType } from '../manifest/build.js';
 import type { ImageService, ServedManifest } from '../service/image-service.js';
 import type { RecentError } from '../service/recent-errors.js';
 import type { ByteRange, StorageBackend } from '../storage/backend.js';
+import { authenticator, requireIdentity, softIdentity, type Authenticator, type AuthVariables } from './auth.js';
 import { errorBody, toRegistryError } from './errcode.js';
 import { registerOps, routeOf, type OpsDeps } from './ops.js';
 import { registerStartPage, type RunningBuild } from './web.js';
@@ -41,9 +42,11 @@ export interface AppDeps {
   readonly now?: () => number;
   /** /livez, /readyz, /metrics; request metrics are observed when present. */
   readonly ops?: OpsDeps;
+  /** Who may pull and build; without it, anyone may (NIXERY_ANONYMOUS=build, no htpasswd). */
+  readonly auth?: Authenticator;
 }
 
-export type AppEnv = { Variables: RequestIdVariables };
+export type AppEnv = { Variables: RequestIdVariables & Partial<AuthVariables> };
 
 const API_VERSION = { 'Docker-Distribution-API-Version': 'registry/2.0' };
 
@@ -97,6 +100,11 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     }
     await next();
   });
+
+  // Every registry route, /v2/ itself included, needs the identity the policy asks for.
+  const auth = deps.auth ?? authenticator(undefined, 'build');
+  app.use('/v2', requireIdentity(auth));
+  app.use('/v2/*', requireIdentity(auth));
 
   app.on(['GET', 'HEAD'], ['/v2', '/v2/'], (c) => reply(c, 200, '{}', { 'Content-Type': 'application/json', 'Content-Length': '2', ...API_VERSION }));
 
@@ -182,10 +190,14 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   registerStartPage(app, {
     webDir: deps.startPage.webDir,
     source: deps.startPage.source,
-    live: () => ({
-      recentErrors: deps.startPage.recentErrors(),
-      running: deps.service.running().map((b): RunningBuild => ({ image: b.image, packages: b.packages, seconds: (now() - b.startedAt) / 1000 })),
-    }),
+    // Builds name packages: with NIXERY_ANONYMOUS=none only a logged-in viewer sees them.
+    live: async (c) =>
+      auth.policy === 'none' && (await softIdentity(auth, c))?.user === undefined
+        ? undefined
+        : {
+            recentErrors: deps.startPage.recentErrors(),
+            running: deps.service.running().map((b): RunningBuild => ({ image: b.image, packages: b.packages, seconds: (now() - b.startedAt) / 1000 })),
+          },
   });
 
   return app;

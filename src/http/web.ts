@@ -30,8 +30,11 @@ export interface StartPageDeps {
   readonly webDir: string;
   /** Description of the package source. */
   readonly source: string;
-  /** What the page shows live; called per page view. */
-  readonly live: () => { running: readonly RunningBuild[]; recentErrors: readonly RecentError[] };
+  /**
+   * What the page shows live; called per page view. Undefined when this
+   * viewer may not see builds (anonymous, with NIXERY_ANONYMOUS=none).
+   */
+  readonly live: (c: Context) => Promise<{ running: readonly RunningBuild[]; recentErrors: readonly RecentError[] } | undefined>;
 }
 
 type Html = ReturnType<typeof raw>;
@@ -72,13 +75,14 @@ export function registerStartPage<E extends Env>(app: Hono<E>, deps: StartPageDe
     } catch {
       return next();
     }
-    const live = deps.live();
+    const live = await deps.live(c);
+    const hidden = html`<p class="none">Log in to see builds.</p>`;
     return c.html(
       fill(template, {
         HOST: c.req.header('host') ?? 'localhost',
         SOURCE: deps.source,
-        RUNNING: runningList(live.running),
-        ERRORS: errorList(live.recentErrors),
+        RUNNING: live ? runningList(live.running) : hidden,
+        ERRORS: live ? errorList(live.recentErrors) : hidden,
       }),
     );
   }

@@ -27,7 +27,7 @@ let recentErrors: RecentError[] = [];
 
 function makeApp(webDir: string): Hono {
   const app = new Hono();
-  registerStartPage(app, { webDir, source: 'nix/demo-pkgs <&>', live: () => ({ running, recentErrors }) });
+  registerStartPage(app, { webDir, source: 'nix/demo-pkgs <&>', live: async () => ({ running, recentErrors }) });
   app.notFound((c) => c.json({ errors: [{ code: 'NOT_FOUND' }] }, 404));
   return app;
 }
