@@ -128,7 +128,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     const served: ServedManifest =
       ref.kind === 'digest'
         ? await deps.service.manifestByDigest(ref.digest)
-        : await deps.service.manifest(parseImageName(name, reference), negotiate(c));
+        : await deps.service.manifest(parseImageName(name, reference), negotiate(c), { mayBuild: c.get('identity')?.mayBuild ?? true });
     return reply(c, 200, new Uint8Array(served.bytes), {
       'Content-Type': served.mediaType,
       'Content-Length': String(served.bytes.length),

@@ -14,7 +14,7 @@
  */
 import { LRUCache } from 'lru-cache';
 import type { Digest } from '../digest.js';
-import { ManifestNotFoundError, PackagesNotFoundError } from '../errors.js';
+import { ManifestNotFoundError, PackagesNotFoundError, UnauthorizedError } from '../errors.js';
 import type { ImageSpec } from '../image/name.js';
 import type { Popularity } from '../layers/popularity.js';
 import type { Logger } from '../log.js';
@@ -35,6 +35,11 @@ export interface ServedManifest {
   readonly bytes: Buffer;
   readonly digest: Digest;
   readonly mediaType: string;
+}
+
+export interface RequestOptions {
+  /** False for a client that may pull what is built but not make the server build (NIXERY_ANONYMOUS=pull). */
+  readonly mayBuild?: boolean;
 }
 
 export type ServiceEvent =
@@ -97,14 +102,19 @@ export class ImageService {
   }
 
   /** The built image, from a cache or by starting or joining its build. */
-  async image(spec: ImageSpec): Promise<BuiltImage> {
+  async image(spec: ImageSpec, opts: RequestOptions = {}): Promise<BuiltImage> {
     const resolved = await this.deps.source.resolve(spec.tag);
     const key = this.imageKey(spec, resolved);
     const missing = this.notFound.get(key);
     if (missing) throw missing;
     const cached = await this.cachedImage(key);
     this.emit({ type: 'lookup', hit: cached !== undefined });
-    return cached ?? this.startOrJoin(spec, key, resolved).result;
+    if (cached) return cached;
+    // Joining a build someone else started is a pull; starting one is not.
+    if (opts.mayBuild === false && !this.builds.has(key)) {
+      throw new UnauthorizedError(`${spec.name}:${spec.tag} is not built yet, and building an image needs a login`);
+    }
+    return this.startOrJoin(spec, key, resolved).result;
   }
 
   /** Starts the build of an image, or joins the one running for the same key. */
@@ -128,8 +138,8 @@ export class ImageService {
   }
 
   /** The manifest for an image by tag, building it if needed. */
-  async manifest(spec: ImageSpec, mediaType: ManifestMediaType): Promise<ServedManifest> {
-    let image = await this.image(spec);
+  async manifest(spec: ImageSpec, mediaType: ManifestMediaType, opts: RequestOptions = {}): Promise<ServedManifest> {
+    let image = await this.image(spec, opts);
     const { digest } = image.manifests[mediaType];
     const cached = this.manifestBytes.get(digest);
     if (cached !== undefined) return { bytes: cached, digest, mediaType };

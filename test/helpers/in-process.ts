@@ -7,7 +7,9 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { Htpasswd } from '../../src/auth/htpasswd.js';
 import { parseConfig } from '../../src/config.js';
+import { authenticator } from '../../src/http/auth.js';
 import { createApp } from '../../src/http/app.js';
 import { storePathEntries, symlinkLayerEntries } from '../../src/layers/walk.js';
 import { silentLogger, type Logger } from '../../src/log.js';
@@ -57,6 +59,7 @@ export interface InProcessRegistry {
   readonly storage: MemoryStorage;
   readonly nix: FakeNixRunner;
   readonly source: ReturnType<typeof stubSource>;
+  readonly users: Htpasswd | undefined;
   close(): Promise<void>;
 }
 
@@ -68,6 +71,8 @@ export async function inProcessRegistry(
     source?: ReturnType<typeof stubSource>;
     now?: () => number;
     webDir?: string;
+    /** An htpasswd file: the app then authenticates with the policy of env.NIXERY_ANONYMOUS. */
+    htpasswd?: string;
   } = {},
 ): Promise<InProcessRegistry> {
   const root = await mkdtemp(path.join(tmpdir(), 'nixery-fake-store-'));
@@ -77,7 +82,14 @@ export async function inProcessRegistry(
   const log = opts.log ?? silentLogger();
   const source = opts.source ?? stubSource();
   // The configuration a server would have; its package path and storage are replaced below.
-  const config = parseConfig({ NIXERY_PKGS_PATH: '/nonexistent/stub-pkgs', STORAGE_PATH: '/nonexistent/storage', NIXERY_LAYER_BUDGET: '16', ...opts.env });
+  const config = parseConfig({
+    NIXERY_PKGS_PATH: '/nonexistent/stub-pkgs',
+    STORAGE_PATH: '/nonexistent/storage',
+    NIXERY_LAYER_BUDGET: '16',
+    ...(opts.htpasswd ? { NIXERY_AUTH_HTPASSWD: opts.htpasswd } : {}),
+    ...opts.env,
+  });
+  const users = opts.htpasswd ? await Htpasswd.open(opts.htpasswd, { pollMs: 100 }) : undefined;
   const runtime = await createRuntime(config, log, {
     nix,
     storage,
@@ -96,6 +108,7 @@ export async function inProcessRegistry(
     startPage: { webDir: opts.webDir ?? path.join(ROOT, 'web'), source: source.description, recentErrors: () => runtime.recentErrors.list() },
     stats: () => ({ ...runtime.stats, nix: { ...nix.stats } }),
     now: runtime.now,
+    auth: authenticator(users, config.anonymous, runtime.now),
   });
   return {
     app,
@@ -104,7 +117,9 @@ export async function inProcessRegistry(
     storage,
     nix,
     source,
+    users,
     async close() {
+      users?.close();
       await runtime.close();
       await rm(root, { recursive: true, force: true });
     },
