@@ -17,7 +17,8 @@
 // other's 50 MB skopeo destination was deleted) and noise from other work on
 // the machine falls on both; figures are medians.
 //
-// The last line is machine-readable:
+// The last two lines are machine-readable:
+// serve_auth_vs_open=<manifest ratio>,<blob ratio> (with htpasswd login / without), and
 // serve_vs_distribution=<manifest req/s ratio>,<blob MB/s ratio> (ours/distribution).
 import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
@@ -104,8 +105,8 @@ async function waitFor(what, proc, check, timeoutMs = 30_000) {
   }
 }
 
-async function startOurs() {
-  const storage = await tempDir('bench-serve-ours-');
+async function startOurs(extraEnv = {}, sharedStorage) {
+  const storage = sharedStorage ?? (await tempDir('bench-serve-ours-'));
   const logFile = path.join(await tempDir('bench-serve-ours-log-'), 'server.log');
   const proc = await startLogged(
     'nixery-ts',
@@ -122,6 +123,7 @@ async function startOurs() {
       NIXERY_OFFLINE: 'true',
       NIXERY_SHUTDOWN_GRACE_SECONDS: '2',
       NIXERY_IMPORT_ARGS: JSON.stringify({ largeBlobMiB: BLOB_MIB }),
+      ...extraEnv,
     },
     logFile,
   );
@@ -129,7 +131,7 @@ async function startOurs() {
     const line = (await proc.log()).split('\n').find((l) => l.includes('"msg":"listening"'));
     return line === undefined ? undefined : JSON.parse(line).port;
   });
-  return { ...proc, host: `127.0.0.1:${port}` };
+  return { ...proc, host: `127.0.0.1:${port}`, storage };
 }
 
 /** A port that was free a moment ago (distribution cannot be told to pick one itself). */
@@ -265,19 +267,19 @@ function load(host, pathName, headers, { total, concurrency, expectBytes }) {
   });
 }
 
-async function manifestRate(host, size) {
+async function manifestRate(host, size, extraHeaders = {}) {
   const p = `/v2/${IMAGE}/manifests/latest`;
-  const h = { Accept: OCI_MANIFEST };
+  const h = { Accept: OCI_MANIFEST, ...extraHeaders };
   await load(host, p, h, { total: WARMUP, concurrency: CONCURRENCY, expectBytes: size });
   const r = await load(host, p, h, { total: REQUESTS, concurrency: CONCURRENCY, expectBytes: size });
   if (r.errors > 0 || r.done !== REQUESTS) throw new Error(`${host}: ${r.errors} bad responses, ${r.done}/${REQUESTS} done`);
   return REQUESTS / r.seconds;
 }
 
-async function copyTime(host) {
+async function copyTime(host, creds) {
   const dest = await tempDir('bench-serve-copy-');
   const t0 = performance.now();
-  await skopeo(['copy', '--quiet', '--src-tls-verify=false', `docker://${host}/${IMAGE}:latest`, `oci:${dest}:latest`]);
+  await skopeo(['copy', '--quiet', '--src-tls-verify=false', ...(creds ? ['--src-creds', creds] : []), `docker://${host}/${IMAGE}:latest`, `oci:${dest}:latest`]);
   const seconds = (performance.now() - t0) / 1000;
   await rm(dest, { recursive: true, force: true });
   return seconds;
@@ -339,7 +341,36 @@ try {
       `distribution ${fmt(bDist)} MB/s [${times.dist.map((x) => fmt(x, 3)).join(' ')} s]`,
   );
 
+  // The same image from a second server on the same storage with htpasswd
+  // authentication: what a login costs a warm pull (bcrypt once, then the
+  // verified-header cache), alternating rounds with the open server.
+  const authDir = await tempDir('bench-serve-auth-');
+  const htpasswd = path.join(authDir, 'htpasswd');
+  await run('htpasswd', ['-B', '-b', '-c', htpasswd, 'bench', 'bench-password']);
+  const authed = await startOurs({ NIXERY_AUTH_HTPASSWD: htpasswd }, ours.storage);
+  const authHeader = { Authorization: `Basic ${Buffer.from('bench:bench-password').toString('base64')}` };
+  const authRates = { open: [], auth: [] };
+  for (let i = 0; i < ROUNDS; i++) {
+    for (const who of i % 2 === 0 ? ['open', 'auth'] : ['auth', 'open']) {
+      authRates[who].push(who === 'open' ? await manifestRate(ours.host, mo.bytes.length) : await manifestRate(authed.host, mo.bytes.length, authHeader));
+    }
+  }
+  await copyTime(authed.host, 'bench:bench-password');
+  const authTimes = { open: [], auth: [] };
+  for (let i = 0; i < COPIES; i++) {
+    for (const who of i % 2 === 0 ? ['open', 'auth'] : ['auth', 'open']) {
+      authTimes[who].push(who === 'open' ? await copyTime(ours.host) : await copyTime(authed.host, 'bench:bench-password'));
+    }
+  }
+  const mRatio = median(authRates.auth) / median(authRates.open);
+  const bRatio = median(authTimes.open) / median(authTimes.auth);
+  console.log(
+    `authenticated: manifest GET ${fmt(median(authRates.auth), 0)} req/s vs open ${fmt(median(authRates.open), 0)}; ` +
+      `skopeo copy ${fmt(blobBytes / 1e6 / median(authTimes.auth))} MB/s vs open ${fmt(blobBytes / 1e6 / median(authTimes.open))}`,
+  );
+
   await cleanup();
+  console.log(`serve_auth_vs_open=${mRatio.toFixed(2)},${bRatio.toFixed(2)}`);
   console.log(`serve_vs_distribution=${(rOurs / rDist).toFixed(2)},${(bOurs / bDist).toFixed(2)}`);
 } catch (e) {
   await cleanup();
