@@ -19,6 +19,7 @@
 #   attr procps              getfattr and ps, used by tests
 #   chromium                 the real browser the start-page test drives (playwright-core)
 #   faketime                 runs the clock-independent tests a year ahead (.ci/run)
+#   apache2-utils            htpasswd, to write the bcrypt files the auth tests use
 set -euo pipefail
 
 profile="${1:-}"
@@ -33,6 +34,7 @@ TEST_PACKAGES=(
   attr procps
   chromium
   faketime
+  apache2-utils
 )
 case "$profile" in
   serve) PACKAGES=("${SERVE_PACKAGES[@]}") ;;

@@ -212,3 +212,35 @@ describe('NIXERY_LOG_LEVEL and NIX_CONFIG', () => {
     expect(parseConfig({ ...base, NIX_CONFIG: lines }).nixConfig).toBe(lines);
   });
 });
+
+describe('access control and admission', () => {
+  it('defaults: anyone may build without htpasswd, nobody anonymous with it; admission limits as documented', () => {
+    expect(parseConfig(base)).toMatchObject({
+      htpasswdFile: undefined,
+      anonymous: 'build',
+      tls: undefined,
+      admission: { maxBuilds: 2, maxQueuedBuilds: 32, maxPackages: 64, failedBuildTtlSeconds: 60 },
+    });
+    expect(parseConfig({ ...base, NIXERY_AUTH_HTPASSWD: '/etc/nixery/htpasswd' })).toMatchObject({ htpasswdFile: '/etc/nixery/htpasswd', anonymous: 'none' });
+    expect(parseConfig({ ...base, NIXERY_AUTH_HTPASSWD: '/h', NIXERY_ANONYMOUS: 'PULL' }).anonymous).toBe('pull');
+    expect(parseConfig({ ...base, NIXERY_TLS_CERT: '/t/tls.crt', NIXERY_TLS_KEY: '/t/tls.key' }).tls).toEqual({ certFile: '/t/tls.crt', keyFile: '/t/tls.key' });
+  });
+
+  it('refuses inconsistent settings, one line each', () => {
+    expect(problems({ ...base, NIXERY_ANONYMOUS: 'pull' })).toEqual(['NIXERY_ANONYMOUS: pull needs logins, so NIXERY_AUTH_HTPASSWD must be set']);
+    expect(problems({ ...base, NIXERY_AUTH_HTPASSWD: '/h', NIXERY_ANONYMOUS: 'some' })).toEqual([
+      'NIXERY_ANONYMOUS: "some" is not an anonymous access policy (use build, pull or none)',
+    ]);
+    expect(problems({ ...base, NIXERY_TLS_CERT: '/t/tls.crt' })).toEqual(['NIXERY_TLS_KEY: NIXERY_TLS_CERT and NIXERY_TLS_KEY must be set together']);
+    expect(problems({ ...base, NIXERY_AUTH_HTPASSWD: 'relative/htpasswd' })).toEqual(['NIXERY_AUTH_HTPASSWD: "relative/htpasswd" must be an absolute path']);
+    expect(problems({ ...base, NIXERY_MAX_BUILDS: '0' })).toEqual(['NIXERY_MAX_BUILDS: 0 is out of range (1..1024)']);
+  });
+
+  it('refuses public blob URLs behind authentication: gcs with htpasswd needs a signing key', () => {
+    const gcs = { NIXERY_PKGS_PATH: '/srv/pkgs', GCS_BUCKET: 'layers', NIXERY_AUTH_HTPASSWD: '/h' };
+    expect(problems(gcs)).toEqual([
+      'GOOGLE_APPLICATION_CREDENTIALS: required with NIXERY_AUTH_HTPASSWD and gcs storage: without a signing key blobs redirect to public object URLs that anyone can fetch',
+    ]);
+    expect(parseConfig({ ...gcs, GOOGLE_APPLICATION_CREDENTIALS: '/k.json' }).storage).toMatchObject({ kind: 'gcs', credentialsFile: '/k.json' });
+  });
+});
