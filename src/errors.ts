@@ -167,3 +167,49 @@ export class UnauthorizedError extends NixeryError {
     super(why);
   }
 }
+
+/** Starting one more build would exceed the build slots and the queue (NIXERY_MAX_BUILDS, NIXERY_MAX_QUEUED_BUILDS). */
+export class TooManyBuildsError extends NixeryError {
+  readonly code = 'TOO_MANY_BUILDS';
+  constructor(
+    readonly running: number,
+    readonly queued: number,
+    readonly maxBuilds: number,
+    readonly maxQueuedBuilds: number,
+    readonly retryAfterSeconds: number,
+  ) {
+    super(
+      `too many image builds: ${running} running and ${queued} waiting, the most this server allows ` +
+        `(NIXERY_MAX_BUILDS=${maxBuilds}, NIXERY_MAX_QUEUED_BUILDS=${maxQueuedBuilds}); try again in ${retryAfterSeconds} seconds`,
+    );
+  }
+}
+
+/** An image with more packages than this server builds (NIXERY_MAX_PACKAGES). */
+export class TooManyPackagesError extends NixeryError {
+  readonly code = 'TOO_MANY_PACKAGES';
+  constructor(readonly packages: number, readonly maxPackages: number) {
+    super(`this image has ${packages} packages; this server builds at most ${maxPackages} per image (NIXERY_MAX_PACKAGES)`);
+  }
+}
+
+/**
+ * The image failed to build a moment ago and is not built again before its
+ * failure is forgotten (NIXERY_FAILED_BUILD_TTL): the same failure, answered
+ * without running Nix.
+ */
+export class RememberedBuildFailureError extends NixeryError {
+  readonly code = 'NIX_BUILD_FAILED_REMEMBERED';
+  constructor(
+    readonly failure: NixBuildError,
+    /** Whole seconds since the build failed. */
+    readonly secondsAgo: number,
+    /** Whole seconds (rounded up) until a pull builds the image again. */
+    readonly secondsLeft: number,
+  ) {
+    super(
+      `${failure.message} (remembered failure: this image failed to build ${secondsAgo} s ago and is not built again for another ${secondsLeft} s, NIXERY_FAILED_BUILD_TTL)`,
+      { cause: failure },
+    );
+  }
+}

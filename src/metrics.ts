@@ -71,6 +71,40 @@ export function createMetrics(src: MetricSources): Metrics {
   mirroredCounter(registry, 'nixery_layer_cache_hits_total', 'Layers reused from storage by content key', () => src.service().layersReused);
   mirroredCounter(registry, 'nixery_layer_cache_misses_total', 'Layers packed and uploaded', () => src.service().layersPacked);
   mirroredCounter(registry, 'nixery_single_flight_waiters_total', 'Requests that waited on a build already running for the same image', () => src.service().singleFlightWaiters);
+  new Counter({
+    name: 'nixery_admission_rejections_total',
+    help: 'Builds refused before they started, by reason (queue_full: 429, every build slot and the queue taken; too_many_packages: more than NIXERY_MAX_PACKAGES)',
+    labelNames: ['reason'] as const,
+    registers: [registry],
+    collect() {
+      this.reset();
+      const s = src.service();
+      this.inc({ reason: 'queue_full' }, s.rejectedQueueFull);
+      this.inc({ reason: 'too_many_packages' }, s.rejectedTooManyPackages);
+    },
+  });
+  mirroredCounter(
+    registry,
+    'nixery_remembered_failures_total',
+    'Manifest requests answered with a build failure remembered for NIXERY_FAILED_BUILD_TTL, without building',
+    () => src.service().rememberedFailures,
+  );
+  new Gauge({
+    name: 'nixery_builds_running',
+    help: 'Image builds doing their work now (at most NIXERY_MAX_BUILDS)',
+    registers: [registry],
+    collect() {
+      this.set(src.service().buildsRunning);
+    },
+  });
+  new Gauge({
+    name: 'nixery_builds_queued',
+    help: 'Image builds waiting for a build slot now (at most NIXERY_MAX_QUEUED_BUILDS)',
+    registers: [registry],
+    collect() {
+      this.set(src.service().buildsQueued);
+    },
+  });
   new Gauge({
     name: 'nixery_nix_processes_running',
     help: 'Nix processes running now',

@@ -79,6 +79,7 @@ export async function createRuntime(config: Config, log: Logger, adapters: Runti
     pack: (entries, out, opts) => packLayer(entries, out, opts),
     popularity,
     layerBudget: config.layerBudget,
+    admission: config.admission,
     shutdown: shutdown.signal,
     now,
   });

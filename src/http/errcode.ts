@@ -14,8 +14,11 @@ import type {
   NixBuildError,
   PackagesNotFoundError,
   RangeNotSatisfiableError,
+  RememberedBuildFailureError,
   SourceUnavailableError,
   StorageError,
+  TooManyBuildsError,
+  TooManyPackagesError,
 } from '../errors.js';
 
 export interface RegistryError {
@@ -76,6 +79,24 @@ const TABLE: Readonly<Record<string, Row>> = {
     headers: { 'Retry-After': '30' },
   }),
   STORAGE_FAILED: (e: StorageError) => ({ status: 503, code: 'UNAVAILABLE', message: 'storage unavailable', detail: e.message, fault: true }),
+  // Build admission (service/admission.ts): the queue is full, come back soon.
+  TOO_MANY_BUILDS: (e: TooManyBuildsError) => ({
+    ...expected(429, 'TOOMANYREQUESTS', e.message, {
+      running: e.running, queued: e.queued, maxBuilds: e.maxBuilds, maxQueuedBuilds: e.maxQueuedBuilds, retryAfterSeconds: e.retryAfterSeconds,
+    }),
+    headers: { 'Retry-After': String(e.retryAfterSeconds) },
+  }),
+  TOO_MANY_PACKAGES: (e: TooManyPackagesError) => expected(403, 'DENIED', e.message, { packages: e.packages, maxPackages: e.maxPackages }),
+  // The answer of the build that failed, marked as remembered; Retry-After says when a pull builds it again.
+  NIX_BUILD_FAILED_REMEMBERED: (e: RememberedBuildFailureError) => {
+    const first = TABLE['NIX_BUILD_FAILED']!(e.failure as never);
+    return {
+      ...first,
+      message: `${first.message} (remembered: failed ${e.secondsAgo} s ago, not built again for another ${e.secondsLeft} s)`,
+      detail: { ...(first.detail as object), remembered: true, failedSecondsAgo: e.secondsAgo, retryAfterSeconds: e.secondsLeft },
+      headers: { ...first.headers, 'Retry-After': String(e.secondsLeft) },
+    };
+  },
 };
 
 function codeOf(err: unknown): string | undefined {

@@ -10,6 +10,14 @@ import type { BuiltImage } from './records.js';
 export type BuildPhase = 'resolve' | 'realise' | 'closure' | 'group' | 'pack' | 'manifest';
 
 export type BuildEvent =
+  /**
+   * The build waits for a build slot (NIXERY_MAX_BUILDS); `position` is its
+   * place in the queue when it joined (1 = next). Followed by `started` when
+   * it gets one. A build that gets a slot at once emits neither.
+   */
+  | { readonly type: 'queued'; readonly at: number; readonly position: number }
+  /** A queued build got its slot and starts its work. */
+  | { readonly type: 'started'; readonly at: number }
   | { readonly type: 'phase'; readonly at: number; readonly phase: BuildPhase; readonly platform: string }
   | {
       readonly type: 'layer';
@@ -37,16 +45,20 @@ export class Build {
   private readonly listeners = new Set<BuildListener>();
   private logEvents = 0;
   private settled = false;
+  private waitingForSlot = false;
+  private workStartedAt: number;
 
   constructor(
     readonly key: string,
     /** `name:tag` as requested. */
     readonly image: string,
     readonly packages: readonly string[],
-    readonly startedAt: number,
+    /** When the build was asked for (a queued build starts its work later: `startedAt`). */
+    readonly createdAt: number,
     run: (build: Build) => Promise<BuiltImage>,
     private readonly now: () => number,
   ) {
+    this.workStartedAt = createdAt;
     // Started on the next tick, so that whoever created the build can
     // subscribe before the first event without missing anything live.
     this.result = Promise.resolve().then(() => run(this)).then(
@@ -67,6 +79,16 @@ export class Build {
 
   get done(): boolean {
     return this.settled;
+  }
+
+  /** When the build started its work: its creation, or the end of its wait in the queue. */
+  get startedAt(): number {
+    return this.workStartedAt;
+  }
+
+  /** Whether the build is waiting in the queue for a build slot. */
+  get queued(): boolean {
+    return this.waitingForSlot && !this.settled;
   }
 
   /** Replays what happened so far, then follows; returns the unsubscribe function. */
@@ -102,6 +124,11 @@ export class Build {
   }
 
   private deliver(event: BuildEvent): void {
+    if (event.type === 'queued') this.waitingForSlot = true;
+    else if (event.type === 'started') {
+      this.waitingForSlot = false;
+      this.workStartedAt = event.at;
+    }
     this.history.push(event);
     for (const l of [...this.listeners]) {
       try {

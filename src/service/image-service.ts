@@ -4,6 +4,10 @@
  *   2. their records in storage (records/manifests/<key>), so a restart or
  *      another replica finds them,
  *   3. a Build, run once per key however many clients ask at the same time.
+ * Before a build starts, admission (admission.ts) may refuse it: too many
+ * packages, a failure remembered from a moment ago, or no build slot and no
+ * room in the queue. A build waiting for a slot already exists, so requests
+ * for the same image join it; joining and warm pulls are never refused.
  * The key is (layering settings, source revision, system, packages). One
  * build stores both manifest flavours, so a docker pull after a skopeo pull
  * of the same image costs no build.
@@ -13,6 +17,7 @@
  * statistics of its own.
  */
 import { LRUCache } from 'lru-cache';
+import type { AdmissionConfig } from '../config.js';
 import type { Digest } from '../digest.js';
 import { ManifestNotFoundError, PackagesNotFoundError, UnauthorizedError } from '../errors.js';
 import type { ImageSpec } from '../image/name.js';
@@ -21,6 +26,7 @@ import type { Logger } from '../log.js';
 import { MANIFEST_TYPES, MediaType, assembleManifests, type ManifestMediaType } from '../manifest/build.js';
 import type { PackageSourceResolver, ResolvedSource } from '../nix/sources.js';
 import type { StorageBackend } from '../storage/backend.js';
+import { Admission, DEFAULT_ADMISSION, type AdmissionStats } from './admission.js';
 import { Build } from './build.js';
 import { PlatformBuilder, hashKey, type PlatformBuilderDeps } from './platform-build.js';
 import { decodeRecord, encodeRecord, type BlobRef, type BuiltImage } from './records.js';
@@ -29,7 +35,12 @@ export interface ImageServiceDeps extends Omit<PlatformBuilderDeps, 'packConcurr
   readonly source: PackageSourceResolver;
   /** Aborted on shutdown: stops running builds and their Nix processes. */
   readonly shutdown?: AbortSignal;
+  /** Build slots, queue, package limit, failure memory; the configuration defaults when absent. */
+  readonly admission?: AdmissionConfig;
 }
+
+/** Why admission refused to start a build. */
+export type RejectionReason = 'queue_full' | 'too_many_packages';
 
 export interface ServedManifest {
   readonly bytes: Buffer;
@@ -47,8 +58,12 @@ export type ServiceEvent =
   | { readonly type: 'lookup'; readonly hit: boolean }
   /** A build started; subscribe to it for its progress. */
   | { readonly type: 'build'; readonly build: Build }
-  /** A request joined a build that was already running for the same image. */
-  | { readonly type: 'join'; readonly build: Build };
+  /** A request joined a build that was already running (or queued) for the same image. */
+  | { readonly type: 'join'; readonly build: Build }
+  /** Admission refused to start a build. */
+  | { readonly type: 'rejected'; readonly reason: RejectionReason }
+  /** A request was answered with a failure remembered from an earlier build, without building. */
+  | { readonly type: 'remembered'; readonly image: string };
 
 export type ServiceListener = (event: ServiceEvent) => void;
 
@@ -70,8 +85,10 @@ export class ImageService {
   private readonly keys = new LRUCache<string, string>({ max: IMAGE_CACHE_SIZE });
   /** Part of every key: a changed budget or popularity list regroups instead of serving old records. */
   private readonly layeringIdentity: string;
+  private readonly limits: Admission;
 
   constructor(private readonly deps: ImageServiceDeps) {
+    this.limits = new Admission(deps.admission ?? DEFAULT_ADMISSION, deps.now);
     this.builder = new PlatformBuilder({ ...deps, packConcurrency: PACK_CONCURRENCY });
     this.layeringIdentity = layeringIdentity(deps.layerBudget, deps.popularity);
     this.cache = new LRUCache({ max: IMAGE_CACHE_SIZE });
@@ -84,9 +101,19 @@ export class ImageService {
     return () => this.listeners.delete(listener);
   }
 
-  /** Builds running now. */
+  /** Builds doing their work now (not those waiting for a slot). */
   running(): Build[] {
-    return [...this.builds.values()];
+    return [...this.builds.values()].filter((b) => !b.queued);
+  }
+
+  /** Builds waiting for a build slot, oldest first. */
+  queued(): Build[] {
+    return [...this.builds.values()].filter((b) => b.queued);
+  }
+
+  /** Admission's limits and its live counts (read-only). */
+  get admission(): { readonly config: AdmissionConfig; stats(): AdmissionStats } {
+    return this.limits;
   }
 
   /** The cache key of an image at a resolved revision. */
@@ -107,31 +134,63 @@ export class ImageService {
     const key = this.imageKey(spec, resolved);
     const missing = this.notFound.get(key);
     if (missing) throw missing;
+    const failed = this.limits.failures.recall(key);
+    if (failed) {
+      this.emit({ type: 'remembered', image: `${spec.name}:${spec.tag}` });
+      throw failed;
+    }
     const cached = await this.cachedImage(key);
     this.emit({ type: 'lookup', hit: cached !== undefined });
     if (cached) return cached;
-    // Joining a build someone else started is a pull; starting one is not.
-    if (opts.mayBuild === false && !this.builds.has(key)) {
-      throw new UnauthorizedError(`${spec.name}:${spec.tag} is not built yet, and building an image needs a login`);
+    if (!this.builds.has(key)) {
+      // Joining a build someone else started is a pull; starting one is not.
+      if (opts.mayBuild === false) {
+        throw new UnauthorizedError(`${spec.name}:${spec.tag} is not built yet, and building an image needs a login`);
+      }
+      // A limit on what is built, not on what is served: an image built
+      // elsewhere (a replica sharing the bucket) or before a lower limit is still pulled.
+      this.refuse('too_many_packages', () => this.limits.checkSize(spec));
     }
     return this.startOrJoin(spec, key, resolved).result;
   }
 
-  /** Starts the build of an image, or joins the one running for the same key. */
+  /**
+   * Starts the build of an image, or joins the one running or queued for the
+   * same key. Starting takes a build slot or a place in the queue; when both
+   * are full it throws TooManyBuildsError. Joining is never refused.
+   */
   startOrJoin(spec: ImageSpec, key: string, resolved: ResolvedSource): Build {
     const running = this.builds.get(key);
     if (running) {
       this.emit({ type: 'join', build: running });
       return running;
     }
-    const { now } = this.deps;
-    const build = new Build(key, `${spec.name}:${spec.tag}`, spec.packages, now(), (b) => this.run(b, spec, key, resolved), now);
+    const { now, shutdown } = this.deps;
+    const slot = this.refuse('queue_full', () => this.limits.slots.reserve(shutdown));
+    const work = async (b: Build) => {
+      if (slot.queued) {
+        await slot.acquired;
+        b.emit({ type: 'started', at: now() });
+      }
+      return this.run(b, spec, key, resolved);
+    };
+    const build = new Build(key, `${spec.name}:${spec.tag}`, spec.packages, now(), work, now);
+    // Before anyone can subscribe, so that every subscriber (late ones by replay) sees it.
+    if (slot.queued) build.emit({ type: 'queued', at: now(), position: slot.position });
     this.builds.set(key, build);
-    const forget = () => this.builds.delete(key);
+    // The slot is given back once the build is over and gone from the
+    // running list: the next one starts only then.
+    const forget = () => {
+      this.builds.delete(key);
+      slot.release();
+    };
     build.result.then(forget, (e: unknown) => {
       forget();
       // A name is missing from a revision for good: no evaluation per pull until it changes.
       if (e instanceof PackagesNotFoundError) this.notFound.set(key, e);
+      // A failed build, for a while: no Nix process per pull of a broken image.
+      // Not when the server is stopping: a killed Nix process says nothing about the image.
+      else if (!shutdown?.aborted) this.limits.failures.remember(key, e);
     });
     this.emit({ type: 'build', build });
     return build;
@@ -165,6 +224,16 @@ export class ImageService {
     const bytes = info !== undefined && isManifestType(info.mediaType) ? await this.deps.storage.readBlob(digest) : undefined;
     if (info === undefined || bytes === undefined) throw new ManifestNotFoundError(digest, 'no manifest with this digest was built here');
     return { bytes, digest, mediaType: info.mediaType };
+  }
+
+  /** Runs an admission check; a refusal is emitted (for counters) and thrown. */
+  private refuse<T>(reason: RejectionReason, check: () => T): T {
+    try {
+      return check();
+    } catch (e) {
+      this.emit({ type: 'rejected', reason });
+      throw e;
+    }
   }
 
   private emit(event: ServiceEvent): void {

@@ -17,8 +17,18 @@ export interface ImageServiceStats {
   manifestCacheMisses: number;
   layersReused: number;
   layersPacked: number;
-  /** Requests that joined a build already running for the same image. */
+  /** Requests that joined a build already running (or queued) for the same image. */
   singleFlightWaiters: number;
+  /** Builds refused because every build slot and the queue were full (429). */
+  rejectedQueueFull: number;
+  /** Builds refused because the image has more packages than NIXERY_MAX_PACKAGES. */
+  rejectedTooManyPackages: number;
+  /** Requests answered with a remembered build failure, without building. */
+  rememberedFailures: number;
+  /** Live: builds doing their work now (at most NIXERY_MAX_BUILDS). */
+  readonly buildsRunning: number;
+  /** Live: builds waiting for a slot now (at most NIXERY_MAX_QUEUED_BUILDS). */
+  readonly buildsQueued: number;
 }
 
 /** Calls `each` for every build the service starts from now on. */
@@ -28,9 +38,21 @@ function onEachBuild(service: ImageService, each: (build: Build) => void): () =>
   });
 }
 
+/**
+ * Counters since start, and two live values read from the service when the
+ * object is read (enumerable getters: a spread or JSON.stringify of it,
+ * as /debug/stats does, copies their values at that moment).
+ */
 export function collectStats(service: ImageService): ImageServiceStats {
   const stats: ImageServiceStats = {
     builds: 0, buildFailures: 0, manifestCacheHits: 0, manifestCacheMisses: 0, layersReused: 0, layersPacked: 0, singleFlightWaiters: 0,
+    rejectedQueueFull: 0, rejectedTooManyPackages: 0, rememberedFailures: 0,
+    get buildsRunning() {
+      return service.admission.stats().running;
+    },
+    get buildsQueued() {
+      return service.admission.stats().queued;
+    },
   };
   service.subscribe((e) => {
     if (e.type === 'lookup') {
@@ -38,6 +60,11 @@ export function collectStats(service: ImageService): ImageServiceStats {
       else stats.manifestCacheMisses++;
     } else if (e.type === 'join') {
       stats.singleFlightWaiters++;
+    } else if (e.type === 'rejected') {
+      if (e.reason === 'queue_full') stats.rejectedQueueFull++;
+      else stats.rejectedTooManyPackages++;
+    } else if (e.type === 'remembered') {
+      stats.rememberedFailures++;
     } else {
       stats.builds++;
       e.build.subscribe((b) => {
@@ -53,7 +80,12 @@ export function collectStats(service: ImageService): ImageServiceStats {
   return stats;
 }
 
-/** Build failures worth showing: a missing name is the client's typo, not news. */
+/**
+ * Build failures worth showing: a missing name is the client's typo, not news.
+ * Only builds that ran are recorded: an answer from a remembered failure is
+ * a `remembered` service event, not a build, so a broken image pulled many
+ * times within NIXERY_FAILED_BUILD_TTL is listed once.
+ */
 export function recordFailures(service: ImageService, errors: RecentErrors, now: () => number): void {
   onEachBuild(service, (build) =>
     build.subscribe((e) => {
