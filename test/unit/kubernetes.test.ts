@@ -1,13 +1,17 @@
 /**
  * The Kubernetes manifests under deploy/kubernetes: every YAML parses, the
  * kustomizations name files that exist, and the Deployments agree with the
- * server (probe paths and ports, shutdown grace, storage configuration) and
- * with the Service and the nodes' containerd configuration.
+ * server (probe paths, ports and schemes, shutdown grace, admission limits,
+ * storage configuration) and with the Service and the nodes' containerd
+ * configuration. The auth overlays (a variant plus the auth Component) are
+ * rendered here the way kustomize renders them, for the patches they use, and
+ * checked as a whole: Secrets mounted so that their updates arrive, variables
+ * pointing at the mounted files, probes over HTTPS.
  */
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { parseAllDocuments } from 'yaml';
+import { parse, parseAllDocuments } from 'yaml';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 const K8S = path.join(ROOT, 'deploy/kubernetes');
@@ -18,7 +22,7 @@ interface EnvVar {
   value?: string;
 }
 interface Probe {
-  httpGet?: { path: string; port: number | string };
+  httpGet?: { path: string; port: number | string; scheme?: string; httpHeaders?: { name: string; value: string }[] };
 }
 interface Container {
   name: string;
@@ -43,7 +47,7 @@ interface Volume {
   name: string;
   emptyDir?: { sizeLimit?: string; medium?: string };
   persistentVolumeClaim?: { claimName: string };
-  secret?: { secretName: string; items?: { key: string; path: string }[] };
+  secret?: { secretName: string; defaultMode?: number; items?: { key: string; path: string }[] };
 }
 interface Deployment {
   kind: 'Deployment';
@@ -70,12 +74,25 @@ interface Service {
   metadata: { name: string; namespace?: string };
   spec: { type?: string; clusterIP?: string; selector: Record<string, string>; ports: { name?: string; port: number; targetPort?: number | string }[] };
 }
+/** A kustomize patch: a file or inline text; a strategic merge, or JSON 6902 operations with a target. */
+interface Patch {
+  path?: string;
+  patch?: string;
+  target?: { kind?: string; name?: string };
+}
 interface Kustomization {
   kind: 'Kustomization';
   resources?: string[];
+  components?: string[];
+  patches?: Patch[];
   images?: { name: string; newName?: string; newTag?: string }[];
 }
-type Doc = { kind?: string; apiVersion?: string; metadata?: { namespace?: string } } & Record<string, unknown>;
+interface Component {
+  kind: 'Component';
+  resources?: string[];
+  patches?: Patch[];
+}
+type Doc = { kind?: string; apiVersion?: string; metadata?: { name?: string; namespace?: string } } & Record<string, unknown>;
 
 function yamlFiles(dir: string): string[] {
   return readdirSync(dir, { withFileTypes: true })
@@ -98,6 +115,7 @@ const all = [...docs.entries()].flatMap(([file, ds]) => ds.map((doc) => ({ file,
 const deployments = all.filter((d) => d.doc.kind === 'Deployment') as { file: string; doc: Deployment & Doc }[];
 const services = all.filter((d) => d.doc.kind === 'Service') as { file: string; doc: Service & Doc }[];
 const kustomizations = all.filter((d) => d.doc.kind === 'Kustomization') as { file: string; doc: Kustomization & Doc }[];
+const components = all.filter((d) => d.doc.kind === 'Component') as { file: string; doc: Component & Doc }[];
 
 function deploymentIn(dir: string): Deployment {
   const d = deployments.find((x) => path.dirname(x.file) === dir);
@@ -115,6 +133,162 @@ const envOf = (c: Container) => new Map((c.env ?? []).map((e) => [e.name, e.valu
 function portNumber(c: Container, port: number | string | undefined): number | undefined {
   if (typeof port === 'number') return port;
   return c.ports?.find((p) => p.name === port)?.containerPort;
+}
+
+// ------------------------------------------------ rendering like kustomize
+
+const isMap = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/**
+ * Keys that identify an item of the lists the patches here touch (Kubernetes'
+ * list-map keys, which kustomize's strategic merge uses); other lists are
+ * replaced whole. `ports` is a container's: kustomize matches on containerPort
+ * and protocol, so a patch that renames a port must name its protocol too.
+ */
+const LIST_KEYS: Record<string, string[]> = {
+  containers: ['name'],
+  env: ['name'],
+  ports: ['containerPort', 'protocol'],
+  volumeMounts: ['mountPath'],
+  volumes: ['name'],
+};
+
+function strategicMerge(base: unknown, patch: unknown, field = ''): unknown {
+  if (isMap(patch)) {
+    const out: Record<string, unknown> = isMap(base) ? { ...base } : {};
+    for (const [k, v] of Object.entries(patch)) {
+      if (v === null) delete out[k];
+      else out[k] = strategicMerge(out[k], v, k);
+    }
+    return out;
+  }
+  const keys = LIST_KEYS[field];
+  if (keys && Array.isArray(base) && Array.isArray(patch)) {
+    const out = [...base];
+    for (const item of patch) {
+      const i = out.findIndex((x) => isMap(x) && isMap(item) && keys.every((k) => x[k] === item[k]));
+      if (i >= 0) out[i] = strategicMerge(out[i], item);
+      else out.push(item);
+    }
+    return out;
+  }
+  return patch;
+}
+
+/** JSON 6902 `add` and `replace`, the operations used here. */
+function jsonPatch(doc: Doc, ops: { op: string; path: string; value?: unknown }[]): Doc {
+  const out = structuredClone(doc);
+  for (const { op, path: pointer, value } of ops) {
+    if (op !== 'add' && op !== 'replace') throw new Error(`JSON patch operation ${op}: not rendered by this test`);
+    const parts = pointer.split('/').slice(1).map((p) => p.replaceAll('~1', '/').replaceAll('~0', '~'));
+    const last = parts.pop()!;
+    let parent: unknown = out;
+    for (const p of parts) parent = Array.isArray(parent) ? parent[Number(p)] : isMap(parent) ? parent[p] : undefined;
+    if (Array.isArray(parent)) {
+      const i = last === '-' ? parent.length : Number(last);
+      if (op === 'add') parent.splice(i, 0, value);
+      else if (i < parent.length) parent[i] = value;
+      else throw new Error(`${pointer}: no such item`);
+    } else if (isMap(parent)) {
+      if (op === 'replace' && !(last in parent)) throw new Error(`${pointer}: nothing to replace`);
+      parent[last] = value;
+    } else {
+      throw new Error(`${pointer}: no such path`);
+    }
+  }
+  return out;
+}
+
+function applyPatches(resources: Doc[], dir: string, patches: Patch[]): Doc[] {
+  return patches.reduce((res, p) => {
+    const body: unknown = p.path !== undefined ? docs.get(path.join(dir, p.path))?.[0] : parse(p.patch ?? '');
+    if (body === undefined || body === null) throw new Error(`${dir}: patch ${p.path ?? p.patch} is empty or missing`);
+    const target = p.target ?? { kind: (body as Doc).kind, name: (body as Doc).metadata?.name };
+    const matches = (d: Doc) => d.kind === target.kind && (target.name === undefined || d.metadata?.name === target.name);
+    if (!res.some(matches)) throw new Error(`${dir}: patch ${p.path ?? ''} matches no ${target.kind} ${target.name ?? ''}`);
+    return res.map((d) => (!matches(d) ? d : Array.isArray(body) ? jsonPatch(d, body as { op: string; path: string }[]) : (strategicMerge(d, body) as Doc)));
+  }, resources);
+}
+
+/** What `kustomize build deploy/kubernetes/<dir>` gives, for the features these kustomizations use. */
+function render(dir: string): Doc[] {
+  const k = docs.get(path.join(dir, 'kustomization.yaml'))?.[0] as (Kustomization & Doc) | undefined;
+  if (k?.kind !== 'Kustomization' && k?.kind !== 'Component') throw new Error(`no kustomization in deploy/kubernetes/${dir}`);
+  let out = (k.resources ?? []).flatMap((r) => {
+    const rel = path.join(dir, r);
+    return statSync(path.join(K8S, rel)).isDirectory() ? render(rel) : (docs.get(rel) ?? []);
+  });
+  for (const c of k.components ?? []) {
+    const cdir = path.join(dir, c);
+    const comp = docs.get(path.join(cdir, 'kustomization.yaml'))?.[0] as (Component & Doc) | undefined;
+    if (comp?.kind !== 'Component') throw new Error(`${dir}: ${c} is not a kustomize Component`);
+    out = [...out, ...(comp.resources ?? []).flatMap((r) => docs.get(path.join(cdir, r)) ?? [])];
+    out = applyPatches(out, cdir, comp.patches ?? []);
+  }
+  return applyPatches(out, dir, k.patches ?? []);
+}
+
+function renderedDeployment(dir: string): Deployment {
+  const found = render(dir).filter((d) => d.kind === 'Deployment');
+  expect(found, `${dir}: Deployments`).toHaveLength(1);
+  return found[0] as unknown as Deployment;
+}
+function renderedService(dir: string): Service {
+  const found = render(dir).filter((d) => d.kind === 'Service');
+  expect(found, `${dir}: Services`).toHaveLength(1);
+  return found[0] as unknown as Service;
+}
+
+// ------------------------------------------------ shared checks
+
+/** The server's admission variables and the ranges it accepts (src/config.ts). */
+const ADMISSION: Record<string, [number, number]> = {
+  NIXERY_MAX_BUILDS: [1, 1024],
+  NIXERY_MAX_QUEUED_BUILDS: [0, 100_000],
+  NIXERY_MAX_PACKAGES: [1, 10_000],
+  NIXERY_FAILED_BUILD_TTL: [0, 24 * 3600],
+};
+
+/** Probes hit /readyz and /livez on the container port, over HTTPS exactly when the server serves TLS, without credentials. */
+function expectProbes(c: Container): void {
+  const env = envOf(c);
+  const scheme = env.has('NIXERY_TLS_CERT') ? 'HTTPS' : 'HTTP';
+  for (const [name, probe, probePath] of [
+    ['readinessProbe', c.readinessProbe, '/readyz'],
+    ['livenessProbe', c.livenessProbe, '/livez'],
+  ] as const) {
+    expect(probe?.httpGet?.path, name).toBe(probePath);
+    expect(portNumber(c, probe?.httpGet?.port), name).toBe(8080);
+    expect(probe?.httpGet?.scheme ?? 'HTTP', `${name}.scheme`).toBe(scheme);
+    // /livez and /readyz are open under every NIXERY_ANONYMOUS policy.
+    expect(probe?.httpGet?.httpHeaders ?? [], `${name}: headers`).toEqual([]);
+  }
+}
+
+/**
+ * `file` (an environment variable's value) is the `key` of Secret
+ * `secretName`, in a volume mounted read-only as a directory: a subPath
+ * mount would never see the Secret's updates.
+ */
+function expectSecretFile(d: Deployment, variable: string, secretName: string, key: string): void {
+  const c = container(d);
+  const file = envOf(c).get(variable);
+  expect(file, variable).toMatch(/^\/./);
+  const mounts = c.volumeMounts ?? [];
+  expect(
+    mounts.filter((m) => m.mountPath === file),
+    `${variable}: nothing mounted at ${file} itself (subPath)`,
+  ).toEqual([]);
+  const mount = mounts.find((m) => m.mountPath === path.dirname(file!));
+  expect(mount, `${variable}: a volumeMount at ${path.dirname(file!)}`).toBeDefined();
+  expect(mount!.subPath, `${variable}: subPath`).toBeUndefined();
+  expect(mount!.readOnly, `${variable}: readOnly`).toBe(true);
+  const volume = d.spec.template.spec.volumes?.find((v) => v.name === mount!.name);
+  expect(volume?.secret?.secretName, `${variable}: the Secret`).toBe(secretName);
+  const items = volume!.secret!.items;
+  const fileInVolume = path.basename(file!);
+  if (items) expect(items.find((i) => i.path === fileInVolume)?.key, `${variable}: the Secret key projected as ${fileInVolume}`).toBe(key);
+  else expect(fileInVolume, `${variable}: the Secret key`).toBe(key);
 }
 
 /** Quantities like 512Mi, 2Gi, 1, 500m as numbers (bytes or cores). */
@@ -137,7 +311,14 @@ describe('deploy/kubernetes', () => {
   });
 
   it('has kustomizations whose resources exist, and a filesystem and a gcs variant', () => {
-    for (const { file, doc } of kustomizations) {
+    for (const { file, doc } of [...kustomizations, ...components]) {
+      for (const c of (doc as Kustomization).components ?? []) {
+        expect(docs.get(path.join(path.dirname(file), c, 'kustomization.yaml'))?.[0]?.kind, `${file}: component ${c}`).toBe('Component');
+      }
+      for (const p of doc.patches ?? []) {
+        if (p.path !== undefined) expect(docs.has(path.join(path.dirname(file), p.path)), `${file}: patch ${p.path}`).toBe(true);
+        else expect(p.target?.kind, `${file}: an inline patch names its target`).toEqual(expect.any(String));
+      }
       for (const r of doc.resources ?? []) {
         const p = path.join(K8S, path.dirname(file), r);
         expect(statSync(p, { throwIfNoEntry: false }), `${file}: ${r}`).toBeDefined();
@@ -171,6 +352,22 @@ describe('deploy/kubernetes', () => {
       expect(c.livenessProbe?.httpGet?.path).toBe('/livez');
       expect(portNumber(c, c.readinessProbe?.httpGet?.port)).toBe(8080);
       expect(portNumber(c, c.livenessProbe?.httpGet?.port)).toBe(8080);
+      // Plain HTTP here: TLS comes with the auth overlays.
+      expectProbes(c);
+    });
+
+    it('sets the admission limits explicitly, within what the server accepts and the memory limit allows', () => {
+      for (const [name, [min, max]] of Object.entries(ADMISSION)) {
+        const value = env.get(name);
+        expect(value, name).toMatch(/^\d+$/);
+        expect(Number(value), name).toBeGreaterThanOrEqual(min);
+        expect(Number(value), name).toBeLessThanOrEqual(max);
+      }
+      // A Nix evaluation of nixpkgs takes up to 2 GiB.
+      expect(quantity(c.resources!.limits!.memory!)).toBeGreaterThanOrEqual(Number(env.get('NIXERY_MAX_BUILDS')) * 2 ** 31);
+      // Without htpasswd the server accepts only the default policy.
+      expect(env.has('NIXERY_AUTH_HTPASSWD')).toBe(false);
+      expect(env.get('NIXERY_ANONYMOUS') ?? 'build').toBe('build');
     });
 
     it('runs without capabilities, privilege escalation or an API token', () => {
@@ -294,5 +491,100 @@ describe('deploy/kubernetes', () => {
     // kind: the nodes read certs.d only with config_path set.
     const kind = docs.get('kind-cluster.yaml')?.[0] as { containerdConfigPatches?: string[] } | undefined;
     expect(kind?.containerdConfigPatches?.join('\n')).toMatch(/config_path = "\/etc\/containerd\/certs\.d"/);
+  });
+
+  describe.each(['filesystem', 'gcs'])('the %s-auth overlay', (variant) => {
+    const overlay = `${variant}-auth`;
+    const base = deploymentIn(variant);
+    const d = renderedDeployment(overlay);
+    const c = container(d);
+    const env = envOf(c);
+    const pod = d.spec.template.spec;
+
+    it('is its variant with the auth Component', () => {
+      const k = kustomizations.find((x) => x.file === `${overlay}/kustomization.yaml`)?.doc;
+      expect(k?.resources).toEqual([`../${variant}`]);
+      expect(k?.components).toEqual(['../auth']);
+    });
+
+    it('mounts the htpasswd Secret read-only, without subPath, where NIXERY_AUTH_HTPASSWD points', () => {
+      expectSecretFile(d, 'NIXERY_AUTH_HTPASSWD', 'nixery-htpasswd', 'htpasswd');
+    });
+
+    it('mounts the kubernetes.io/tls Secret read-only, without subPath, where NIXERY_TLS_CERT and NIXERY_TLS_KEY point', () => {
+      expectSecretFile(d, 'NIXERY_TLS_CERT', 'nixery-tls', 'tls.crt');
+      expectSecretFile(d, 'NIXERY_TLS_KEY', 'nixery-tls', 'tls.key');
+    });
+
+    it('mounts no Secret with subPath, and every volume it names', () => {
+      const secretVolumes = new Set((pod.volumes ?? []).filter((v) => v.secret).map((v) => v.name));
+      for (const m of c.volumeMounts ?? []) if (secretVolumes.has(m.name)) expect(m.subPath, `${m.name}: subPath`).toBeUndefined();
+      const volumes = new Set((pod.volumes ?? []).map((v) => v.name));
+      const mounted = new Set((c.volumeMounts ?? []).map((m) => m.name));
+      expect([...mounted].sort()).toEqual([...volumes].sort());
+    });
+
+    it('probes /readyz and /livez over HTTPS on the container port, without credentials', () => {
+      expect(env.has('NIXERY_TLS_CERT') && env.has('NIXERY_TLS_KEY')).toBe(true);
+      expectProbes(c);
+      expect(c.readinessProbe?.httpGet?.scheme).toBe('HTTPS');
+      expect(c.livenessProbe?.httpGet?.scheme).toBe('HTTPS');
+    });
+
+    it('sets an anonymous policy and keeps the admission limits of its variant', () => {
+      expect(['build', 'pull', 'none']).toContain(env.get('NIXERY_ANONYMOUS'));
+      for (const name of Object.keys(ADMISSION)) expect(env.get(name), name).toBe(envOf(container(base)).get(name));
+    });
+
+    it('serves HTTPS on 443 through the Service, to the container port', () => {
+      expect(c.ports).toEqual([{ name: 'https', containerPort: 8080, protocol: 'TCP' }]);
+      const svc = renderedService(overlay);
+      expect(svc.spec.clusterIP).toBe(services[0]!.doc.spec.clusterIP);
+      expect(svc.spec.ports).toHaveLength(1);
+      expect(svc.spec.ports[0]!.port).toBe(443);
+      expect(portNumber(c, svc.spec.ports[0]!.targetPort ?? 443)).toBe(8080);
+      expect(d.spec.template.metadata.labels).toMatchObject(svc.spec.selector);
+    });
+
+    it('changes nothing else of its variant', () => {
+      const AUTH_ENV = ['NIXERY_AUTH_HTPASSWD', 'NIXERY_ANONYMOUS', 'NIXERY_TLS_CERT', 'NIXERY_TLS_KEY'];
+      const strip = (x: Deployment) => {
+        const copy = structuredClone(x);
+        const cc = container(copy);
+        cc.env = (cc.env ?? []).filter((e) => !AUTH_ENV.includes(e.name));
+        delete cc.ports;
+        for (const probe of [cc.readinessProbe, cc.livenessProbe]) {
+          delete probe?.httpGet?.scheme;
+          if (probe?.httpGet) probe.httpGet.port = portNumber(container(x), probe.httpGet.port)!;
+        }
+        const authVolumes = new Set(['htpasswd', 'tls']);
+        cc.volumeMounts = (cc.volumeMounts ?? []).filter((m) => !authVolumes.has(m.name));
+        copy.spec.template.spec.volumes = (copy.spec.template.spec.volumes ?? []).filter((v) => !authVolumes.has(v.name));
+        return copy;
+      };
+      expect(strip(d)).toEqual(strip(base));
+    });
+
+    if (variant === 'gcs') {
+      it('keeps the signing key that authentication with gcs storage requires', () => {
+        const credentials = env.get('GOOGLE_APPLICATION_CREDENTIALS');
+        expect(credentials).toMatch(/^\/.+\.json$/);
+        expect(c.volumeMounts?.some((m) => m.mountPath === path.dirname(credentials!) && m.readOnly)).toBe(true);
+      });
+    }
+  });
+
+  it('points the nodes’ containerd at the Service over HTTPS with the CA of its certificate, for the auth overlays', () => {
+    const toml = readFileSync(path.join(K8S, 'auth/containerd-hosts.toml'), 'utf8');
+    const svc = renderedService('filesystem-auth');
+    const port = svc.spec.ports[0]!.port;
+    const address = port === 443 ? svc.spec.clusterIP! : `${svc.spec.clusterIP}:${port}`;
+    const quoted = address.replaceAll('.', '\\.');
+    expect(toml).toMatch(new RegExp(`^server = "https://${quoted}"$`, 'm'));
+    expect(toml).toMatch(new RegExp(`^\\[host\\."https://${quoted}"\\]$`, 'm'));
+    expect(toml).toMatch(/^\s+capabilities = \["pull", "resolve"\]$/m);
+    expect(toml).toMatch(/^\s+ca = "\/etc\/containerd\/certs\.d\/nixery\.internal\/[^"]+\.crt"$/m);
+    expect(toml).not.toMatch(/^\s*skip_verify\s*=\s*true/m);
+    expect(toml).not.toMatch(/http:\/\//);
   });
 });
