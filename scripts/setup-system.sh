@@ -9,7 +9,7 @@
 # serve:
 #   nix-bin                  Nix itself (2.8 on Debian 12)
 #   patchelf busybox-static htop jq git curl nano moreutils gcc
-#   ca-certificates netbase perl openssl
+#   ca-certificates netbase perl openssl python3.11
 #                            the Debian programs and files nix/demo-pkgs copies into the store
 # test, in addition:
 #   skopeo umoci             registry clients the tests pull with
@@ -25,7 +25,7 @@ set -euo pipefail
 profile="${1:-}"
 SERVE_PACKAGES=(
   nix-bin
-  patchelf busybox-static htop jq git curl nano moreutils gcc ca-certificates netbase perl openssl
+  patchelf busybox-static htop jq git curl nano moreutils gcc ca-certificates netbase perl openssl python3.11
 )
 TEST_PACKAGES=(
   skopeo umoci

@@ -16,7 +16,7 @@
 #
 # Host requirements (the project's setup and CI must install them):
 #   apt-get install -y nix-bin patchelf busybox-static htop jq git curl nano \
-#                      moreutils gcc ca-certificates netbase perl openssl
+#                      moreutils gcc ca-certificates netbase perl openssl python3.11
 # (bash, coreutils, dpkg, mawk come with every Debian system.) Nix must run
 # with `sandbox = false` (builders read /usr, /lib, /etc and /var/lib/dpkg)
 # unless those are given as extra-sandbox-paths. A missing host program makes
@@ -348,6 +348,75 @@ let
     bins = map (n: "/usr/bin/${n}") [ "errno" "ifdata" "ifne" "isutf8" "lckdo" "mispipe" "pee" "sponge" ];
     description = "More Unix tools (sponge, ifne, pee, ...)";
   };
+  # Debian's interpreter with its standard library. Python derives sys.prefix
+  # from the executable's location (it finds lib/python3.11/os.py above
+  # bin/), so $out/bin/python3.11 + $out/lib/python3.11 run from the store
+  # without reading /usr/lib/python3.11. The stdlib is exactly the files of
+  # the Debian packages libpython3.11-minimal and libpython3.11-stdlib (not
+  # the host directory, which other installed packages add to): no
+  # __pycache__ (Debian generates those at install time), no
+  # config-3.11-*/ (libpython3.11-dev: static lib for embedding), no
+  # sitecustomize.py (a link to /etc/python3.11, Debian's apport hook), no
+  # distutils/lib2to3/ensurepip (separate Debian packages), and no nis
+  # extension (deprecated; it would bundle the Kerberos libraries). zlib and
+  # pyexpat are built into the binary; the extensions in lib-dynload load
+  # OpenSSL (_ssl, _hashlib), ncurses (_curses, readline) and the demo glibc
+  # from those packages and get private copies of the rest (libexpat, libffi,
+  # libbz2, liblzma, libsqlite3, libdb, libuuid, libreadline, ...) in lib/.
+  # Nothing is byte-compiled: the build checks that no .pyc file exists.
+  # The store here is writable by root (no daemon, no read-only mount), so a
+  # root run of this python would write __pycache__ into its own store path
+  # (changing its NAR hash): run it from the host store with -B or
+  # PYTHONDONTWRITEBYTECODE=1, as the build's smoke test and the tests do.
+  python3 = mkPkg {
+    pname = "python3";
+    version = "3.11";
+    bins = [ "/usr/bin/python3.11" ];
+    deps = [ glibc zlib openssl ncurses ];
+    preFixup = ''
+      export PYTHONDONTWRITEBYTECODE=1
+      stdlib=$(dpkg -L libpython3.11-minimal libpython3.11-stdlib 2>/dev/null |
+        grep '^/usr/lib/python3\.11/' | LC_ALL=C sort -u) || true
+      for f in $stdlib; do
+        case "$f" in
+          */__pycache__/*|*.pyc|*/lib-dynload/nis.*|*/sitecustomize.py) continue ;;
+        esac
+        dst=$out/lib/''${f#/usr/lib/}
+        if [ -L "$f" ]; then
+          case "$(readlink "$f")" in /*) die "absolute link in the stdlib: $f" ;; esac
+          mkdir -p "$(dirname "$dst")"
+          cp -P "$f" "$dst"
+        elif [ -f "$f" ]; then
+          mkdir -p "$(dirname "$dst")"
+          cp "$f" "$dst"
+        fi
+      done
+      [ -f $out/lib/python3.11/os.py ] ||
+        die "no Python 3.11 stdlib from dpkg -L libpython3.11-minimal libpython3.11-stdlib (apt-get install -y python3.11)"
+      # Private copies of what the extensions need beyond the declared deps
+      # (builder.sh step 4 only looks at bin/ and lib/ themselves).
+      for f in $out/lib/python3.11/lib-dynload/*.so; do
+        ldd "$f" | awk '$2 == "=>" && $3 ~ /^\// { print $1, $3 }' |
+        while read -r soname path; do
+          providedByDeps "$soname" && continue
+          [ -e "$out/lib/$soname" ] && continue
+          cp -L "$path" "$out/lib/$soname"
+        done
+      done
+    '';
+    postInstall = ''
+      ln -s python3.11 $out/bin/python3
+      # Smoke test from the store (-B and PYTHONDONTWRITEBYTECODE: no .pyc).
+      prefix=$(env -i PYTHONDONTWRITEBYTECODE=1 $out/bin/python3 -B -I -c '
+      import json, zlib, pyexpat, hashlib, ssl, ctypes, sqlite3, bz2, lzma, decimal, curses, readline, uuid, dbm
+      import sys; print(sys.prefix)')
+      [ "$prefix" = "$out" ] || die "sys.prefix is '$prefix', not $out"
+      if [ -n "$(find $out \( -name __pycache__ -o -name '*.pyc' \) -print)" ]; then
+        die "byte-compiled files in the output"
+      fi
+    '';
+    description = "Python 3.11 interpreter and standard library (from Debian)";
+  };
   cacert = mkPkg {
     pname = "nss-cacert";
     version = "debian";
@@ -441,7 +510,7 @@ in
 {
   inherit lib runCommand writeText symlinkJoin;
   inherit glibc ncurses zlib pcre2 openssl libnl oniguruma libselinux acl gmp;
-  inherit bash coreutils busybox hello htop jq git curl nano moreutils cacert iana-etc;
+  inherit bash coreutils busybox hello htop jq git curl nano moreutils python3 cacert iana-etc;
   inherit _7zip large-blob broken-build slow-build slow-chatty-build;
   bashInteractive = bash;     # camelCase alias with the same store path, like nixpkgs
   motd = writeText "motd" "Welcome to a nixery-ts demo image.\n";
