@@ -65,6 +65,8 @@ export interface Config {
   readonly tls: { readonly certFile: string; readonly keyFile: string } | undefined;
   /** Build admission: builds at once, builds waiting, packages per image, seconds a failed build is remembered. */
   readonly admission: AdmissionConfig;
+  /** Layer packing: compressions at once (undefined: one per core) and the piece cache's size in bytes (0: off). */
+  readonly pack: { readonly threads: number | undefined; readonly cacheBytes: number };
 }
 
 export const ANONYMOUS_POLICIES = ['build', 'pull', 'none'] as const;
@@ -89,6 +91,12 @@ const DEFAULT_CHANNEL_REVISION_URL = 'https://channels.nixos.org/{channel}/git-r
  */
 export const DEFAULT_LAYER_BUDGET = 64;
 const MAX_LAYER_BUDGET = 125;
+
+/**
+ * Compressed store-path pieces kept for reuse by differently grouped layers.
+ * 256 MiB holds the compressed closures of a few hundred typical images.
+ */
+export const DEFAULT_PACK_CACHE_BYTES = 256 * 1024 * 1024;
 
 /** Per-variable parsing: every helper records a problem and returns a fallback. */
 class Reader {
@@ -149,6 +157,23 @@ class Reader {
     }
     this.problem(name, 'must be a JSON object, e.g. {"config":{"allowUnfree":true}}');
     return {};
+  }
+
+  /** A byte count: a whole number with an optional unit (k, M, G as powers of 1024; KiB, MiB, GiB too). */
+  bytes(name: string, def: number): number {
+    const raw = this.str(name);
+    if (raw === undefined) return def;
+    const m = /^(\d+)\s*([kmgt]?)(?:i?b)?$/i.exec(raw);
+    if (!m) {
+      this.problem(name, `${JSON.stringify(raw)} is not a byte count (e.g. 268435456, 256M or 2GiB)`);
+      return def;
+    }
+    const n = Number(m[1]) * 1024 ** ' kmgt'.indexOf((m[2] || ' ').toLowerCase());
+    if (!Number.isSafeInteger(n)) {
+      this.problem(name, `${JSON.stringify(raw)} is too large`);
+      return def;
+    }
+    return n;
   }
 
   /** One of `choices`, compared case-insensitively; anything else is a problem naming them. */
@@ -294,6 +319,10 @@ export function parseConfig(env: Env): Config {
       maxQueuedBuilds: r.int('NIXERY_MAX_QUEUED_BUILDS', 32, 0, 100_000),
       maxPackages: r.int('NIXERY_MAX_PACKAGES', 64, 1, 10_000),
       failedBuildTtlSeconds: r.int('NIXERY_FAILED_BUILD_TTL', 60, 0, 24 * 3600),
+    },
+    pack: {
+      threads: r.str('NIXERY_PACK_THREADS') === undefined ? undefined : r.int('NIXERY_PACK_THREADS', 1, 1, 256),
+      cacheBytes: r.bytes('NIXERY_PACK_CACHE_BYTES', DEFAULT_PACK_CACHE_BYTES),
     },
   };
   if (config.htpasswdFile !== undefined && config.storage?.kind === 'gcs' && config.storage.credentialsFile === undefined) {

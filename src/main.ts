@@ -12,7 +12,7 @@ import { realpathSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadConfig, type Config, type Env } from './config.js';
+import { loadConfig, parseConfig, type Config, type Env } from './config.js';
 import { ConfigError } from './errors.js';
 import { Htpasswd } from './auth/htpasswd.js';
 import { createApp } from './http/app.js';
@@ -21,8 +21,8 @@ import { loadTls, watchTls, type TlsMaterial } from './http/tls.js';
 import { clientErrorResponse } from './http/errcode.js';
 import { createLogger } from './log.js';
 import { createMetrics } from './metrics.js';
-import { ROOT, createRuntime, type Runtime } from './runtime.js';
-import { onBuildOutcome } from './service/observers.js';
+import { ROOT, createRuntime, packThreads, type Runtime } from './runtime.js';
+import { onBuildOutcome, onBuildTimings } from './service/observers.js';
 import { probeStorageDirectory } from './storage/xattr-probe.js';
 
 async function isDirectory(p: string): Promise<string | undefined> {
@@ -40,7 +40,27 @@ function isLoopback(host: string): boolean {
 /** Exit code of a configuration mistake, as documented in the README. */
 const CONFIG_EXIT = 2;
 
+/**
+ * Sizes libuv's thread pool before anything uses it (the pool is created,
+ * with the size then in UV_THREADPOOL_SIZE, on the first fs, zlib or dns
+ * call): the packer's compressions run there and must leave room for file
+ * reads. An operator's own UV_THREADPOOL_SIZE is kept. A bad value is
+ * reported by loadConfig below.
+ */
+function sizeThreadPool(env: Env): void {
+  if (env.UV_THREADPOOL_SIZE !== undefined) return;
+  let threads: number;
+  try {
+    threads = packThreads(parseConfig(env));
+  } catch {
+    return;
+  }
+  // The default pool of 4 stays for fs and dns on top of the compressions.
+  process.env.UV_THREADPOOL_SIZE = String(Math.min(1024, threads + 4));
+}
+
 export async function main(env: Env): Promise<void> {
+  sizeThreadPool(env);
   let config: Config;
   let runtime: Runtime;
   let users: Htpasswd | undefined;
@@ -67,8 +87,13 @@ export async function main(env: Env): Promise<void> {
     process.exit(CONFIG_EXIT);
   }
 
-  const metrics = createMetrics({ service: () => runtime.stats, nixRunning: () => runtime.nix.stats.running });
+  const metrics = createMetrics({
+    service: () => runtime.stats,
+    nixRunning: () => runtime.nix.stats.running,
+    pieceCache: () => runtime.packer.stats(),
+  });
   onBuildOutcome(runtime.service, (outcome, seconds) => metrics.observeBuild(outcome, seconds));
+  onBuildTimings(runtime.service, (timings) => metrics.observeBuildTimings(timings));
   const app = createApp({
     service: runtime.service,
     storage: runtime.storage,

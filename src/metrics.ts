@@ -4,11 +4,15 @@
  * at scrape time, so the service stays free of any metrics library.
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { PieceCacheStats } from './layers/parallel-pack.js';
+import type { BuildTimings } from './service/build.js';
 import type { ImageServiceStats } from './service/observers.js';
 
 export interface MetricSources {
   service: () => ImageServiceStats;
   nixRunning: () => number;
+  /** The packer's piece cache, when there is one. */
+  pieceCache?: () => PieceCacheStats;
 }
 
 export interface Metrics {
@@ -16,6 +20,8 @@ export interface Metrics {
   observeRequest(route: string, method: string, status: number, seconds: number): void;
   observeBuild(outcome: 'succeeded' | 'failed' | 'timed_out', seconds: number): void;
   addBytesServed(bytes: number): void;
+  /** A successful build's phases and layer bytes. */
+  observeBuildTimings(timings: BuildTimings): void;
 }
 
 /** A counter whose value is read from elsewhere when Prometheus scrapes. */
@@ -60,6 +66,32 @@ export function createMetrics(src: MetricSources): Metrics {
     buckets: [0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600],
     registers: [registry],
   });
+  const phaseDuration = new Histogram({
+    name: 'nixery_build_phase_duration_seconds',
+    help: 'Time successful image builds spent per phase (resolve, realise, closure, group, pack, manifest)',
+    labelNames: ['phase'] as const,
+    buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600],
+    registers: [registry],
+  });
+  const layerBytes = new Counter({
+    name: 'nixery_build_layer_bytes_total',
+    help: 'Compressed layer bytes of successful builds by how they were made: compressed (now), piece_cache (members copied from the piece cache), reused (whole layers found in storage)',
+    labelNames: ['source'] as const,
+    registers: [registry],
+  });
+  if (src.pieceCache) {
+    const pieces = src.pieceCache;
+    new Gauge({
+      name: 'nixery_pack_cache_bytes',
+      help: 'Compressed store-path pieces held by the piece cache (NIXERY_PACK_CACHE_BYTES)',
+      registers: [registry],
+      collect() {
+        this.set(pieces().bytes);
+      },
+    });
+    mirroredCounter(registry, 'nixery_pack_cache_hits_total', 'Store paths copied from the piece cache into a layer', () => pieces().hits);
+    mirroredCounter(registry, 'nixery_pack_cache_misses_total', 'Store paths compressed because the piece cache did not hold them', () => pieces().misses);
+  }
   const bytesServed = new Counter({
     name: 'nixery_blob_bytes_served_total',
     help: 'Blob bytes sent by this server (redirected downloads are not counted)',
@@ -126,6 +158,12 @@ export function createMetrics(src: MetricSources): Metrics {
     },
     addBytesServed(bytes) {
       bytesServed.inc(bytes);
+    },
+    observeBuildTimings(t) {
+      for (const [phase, ms] of Object.entries(t.phases)) phaseDuration.observe({ phase }, ms / 1000);
+      layerBytes.inc({ source: 'compressed' }, t.packedBytes);
+      layerBytes.inc({ source: 'piece_cache' }, t.cachedBytes);
+      layerBytes.inc({ source: 'reused' }, t.reusedBytes);
     },
   };
 }

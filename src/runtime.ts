@@ -9,9 +9,10 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Config } from './config.js';
 import { ConfigError, StorageError } from './errors.js';
-import { packLayer } from './layers/pack.js';
+import { availableParallelism } from 'node:os';
+import { ParallelPacker } from './layers/parallel-pack.js';
 import { parsePopularity, type Popularity } from './layers/popularity.js';
-import { storePathEntries, symlinkLayerEntries } from './layers/walk.js';
+import { storePathSegments, symlinkLayerEntries } from './layers/walk.js';
 import type { Logger } from './log.js';
 import { ExecaNixRunner, type NixRunner, type NixRunnerStats } from './nix/runner.js';
 import { ChannelSource, GitSource, PathSource, type PackageSourceResolver } from './nix/sources.js';
@@ -48,11 +49,18 @@ export interface Runtime {
   /** Counters collected from the service's events since start. */
   readonly stats: ImageServiceStats;
   readonly recentErrors: RecentErrors;
+  /** Packs layers; its piece cache's figures are in `packer.stats()`. */
+  readonly packer: ParallelPacker;
   readonly now: () => number;
   /** Aborts running builds (their Nix processes are stopped); new builds fail at once. */
   abortBuilds(reason: string): void;
   /** Aborts builds, stops every Nix process and releases watchers and timers. */
   close(): Promise<void>;
+}
+
+/** Compressions at once: NIXERY_PACK_THREADS, else one per core. */
+export function packThreads(config: Config): number {
+  return config.pack.threads ?? availableParallelism();
 }
 
 export async function createRuntime(config: Config, log: Logger, adapters: RuntimeAdapters = {}): Promise<Runtime> {
@@ -70,13 +78,14 @@ export async function createRuntime(config: Config, log: Logger, adapters: Runti
       ...(config.nixConfig !== undefined ? { nixConfig: config.nixConfig } : {}),
     });
   const shutdown = new AbortController();
+  const packer = new ParallelPacker({ threads: packThreads(config), cacheBytes: config.pack.cacheBytes });
   const service = new ImageService({
     nix,
     storage,
     source,
     log,
-    reader: adapters.reader ?? { storePathEntries: (p) => storePathEntries(p), symlinkLayerEntries: (r) => symlinkLayerEntries(r) },
-    pack: (entries, out, opts) => packLayer(entries, out, opts),
+    reader: adapters.reader ?? { storePathSegments: (p) => storePathSegments(p), symlinkLayerEntries: (r) => symlinkLayerEntries(r) },
+    pack: (segments, out, opts) => packer.pack(segments, out, opts),
     popularity,
     layerBudget: config.layerBudget,
     admission: config.admission,
@@ -94,6 +103,7 @@ export async function createRuntime(config: Config, log: Logger, adapters: Runti
     source,
     stats,
     recentErrors,
+    packer,
     now,
     abortBuilds(reason) {
       shutdown.abort(new Error(reason));

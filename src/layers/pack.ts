@@ -38,6 +38,12 @@ export interface TarEntry {
   linkname?: string;
   /** Opens the contents of a file; called once, when the entry's turn comes. */
   open?: () => NodeJS.ReadableStream;
+  /**
+   * Reads a small file's contents at once, used instead of `open()` when
+   * present. A stream costs a thread-pool round trip per open, read and
+   * close, which for a tree of small files costs ten times the reading.
+   */
+  read?: () => Buffer;
 }
 
 export interface PackOptions {
@@ -87,37 +93,50 @@ export async function packLayer(
   const signal = opts.signal;
   signal?.throwIfAborted();
 
-  const tarball = tar.pack();
-  const source = new TarSource(tarball);
+  const source = tarStream(entries, signal);
   const diff = new HashingStream({ highWaterMark: HWM });
   // Every parameter that shapes the deflate output is pinned, so that a
   // changed default in some Node release cannot silently change every digest.
-  const gzip = createGzip({
-    level,
-    memLevel: 8,
-    windowBits: 15,
-    strategy: zc.Z_DEFAULT_STRATEGY,
-    chunkSize: GZIP_CHUNK,
-  });
+  const gzip = createGzip({ ...GZIP_OPTIONS, level, chunkSize: GZIP_CHUNK });
   const compressed = new HashingStream({ highWaterMark: HWM });
 
-  // Whichever side fails first names the failure; the other side's error is
-  // only the echo of us tearing everything down.
   let firstError: unknown;
-  const fail = (err: unknown): void => {
-    if (firstError === undefined) firstError = err;
-    source.destroy(err instanceof Error ? err : new Error(String(err)));
-  };
-
-  const piping = pipeline(source, diff, gzip, compressed, out, signal ? { signal } : {}).catch((err: unknown) => {
-    fail(signal?.aborted ? abortReason(signal) : err);
+  await pipeline(source, diff, gzip, compressed, out, signal ? { signal } : {}).catch((err: unknown) => {
+    // The tar side's own error (a failing entry) names the failure; a
+    // pipeline error caused by our tearing down is only its echo.
+    firstError = source.failure ?? (signal?.aborted ? abortReason(signal) : err);
   });
-  const feeding = feed(entries, tarball, source, signal).catch(fail);
-
-  await Promise.all([piping, feeding]);
   if (firstError !== undefined) throw firstError;
 
   return { diffId: diff.result().digest, digest: compressed.result().digest, size: compressed.result().size };
+}
+
+/** zlib parameters that shape deflate output; pinned so a changed Node default cannot change digests. */
+export const GZIP_OPTIONS = { memLevel: 8, windowBits: 15, strategy: zc.Z_DEFAULT_STRATEGY } as const;
+
+/**
+ * The uncompressed tar bytes of `entries`, end-of-archive blocks included,
+ * as a Node stream. The first failure (an entry, the signal) destroys the
+ * stream and is kept in `failure`, so a consumer can name it rather than the
+ * echo of the teardown.
+ */
+export function tarStream(
+  entries: AsyncIterable<TarEntry> | Iterable<TarEntry>,
+  signal?: AbortSignal,
+): Readable & { readonly failure: unknown } {
+  const tarball = tar.pack();
+  const source = new TarSource(tarball);
+  const fail = (err: unknown): void => {
+    // Torn down already (by a consumer's pipeline): its error is the cause, ours the echo.
+    if (source.failed) return;
+    source.failure = err;
+    source.destroy(err instanceof Error ? err : new Error(String(err)));
+  };
+  const onAbort = () => fail(abortReason(signal as AbortSignal));
+  signal?.addEventListener('abort', onAbort, { once: true });
+  source.once('close', () => signal?.removeEventListener('abort', onAbort));
+  feed(entries, tarball, source, signal).catch(fail);
+  return source;
 }
 
 function abortReason(signal: AbortSignal): unknown {
@@ -135,7 +154,8 @@ async function feed(
     if (source.failed) return;
     const header = toHeader(entry);
     if (entry.type === 'file') {
-      await writeFile(tarball, header, entry);
+      if (entry.read) await writeSmallFile(tarball, header, entry.read());
+      else await writeFile(tarball, header, entry);
     } else {
       await new Promise<void>((resolve, reject) => {
         tarball.entry(header, (err) => (err ? reject(err) : resolve()));
@@ -172,7 +192,7 @@ function toHeader(e: TarEntry): TarHeader {
       if (e.size === undefined || !Number.isSafeInteger(e.size) || e.size < 0) {
         throw new RangeError(`tar entry ${e.name}: a file needs a size`);
       }
-      if (e.open === undefined) throw new TypeError(`tar entry ${e.name}: a file needs open()`);
+      if (e.open === undefined && e.read === undefined) throw new TypeError(`tar entry ${e.name}: a file needs open() or read()`);
       header.size = e.size;
       break;
     case 'symlink':
@@ -204,6 +224,15 @@ function checkName(name: string): void {
   ) {
     throw new TypeError(`tar entry name ${JSON.stringify(name)} is not a clean relative path`);
   }
+}
+
+async function writeSmallFile(tarball: tar.Pack, header: TarHeader, contents: Buffer): Promise<void> {
+  // tar-stream takes a buffer's length as the size; a file that changed
+  // since it was listed must fail like a streamed one does.
+  if (contents.length !== header.size) throw new Error(`Size mismatch: ${header.name} is ${contents.length} bytes, listed as ${header.size}`);
+  await new Promise<void>((resolve, reject) => {
+    tarball.entry(header, contents, (err) => (err ? reject(err) : resolve()));
+  });
 }
 
 async function writeFile(tarball: tar.Pack, header: TarHeader, entry: TarEntry): Promise<void> {
@@ -277,6 +306,7 @@ function drained(sink: TarSink): Promise<void> {
  */
 class TarSource extends Readable {
   failed = false;
+  failure: unknown = undefined;
   #waiters: Array<() => void> = [];
 
   constructor(private readonly tarball: tar.Pack) {

@@ -27,6 +27,8 @@ export type BuildEvent =
       readonly size: number;
       /** Found in storage by content key rather than packed by this build. */
       readonly reused: boolean;
+      /** Of a packed layer's bytes, those copied from the piece cache rather than compressed now. */
+      readonly cachedBytes: number;
       readonly description: string;
     }
   /** A line of Nix's build output. */
@@ -138,4 +140,49 @@ export class Build {
       }
     }
   }
+}
+
+/** What a build spent its time and bytes on, from its events. */
+export interface BuildTimings {
+  /** Milliseconds per phase, summed over platforms; a phase ends where the platform's next one (or the build) ends. */
+  readonly phases: Partial<Record<BuildPhase, number>>;
+  /** Compressed bytes of layers packed by this build, compressed now. */
+  readonly packedBytes: number;
+  /** Compressed bytes of packed layers copied from the piece cache instead. */
+  readonly cachedBytes: number;
+  /** Bytes of layers found in storage and reused whole. */
+  readonly reusedBytes: number;
+}
+
+/**
+ * Pure: timings from a build's events (`build.events()`). Phases still open
+ * (a build not finished yet) end at `end` when given, else are left out.
+ */
+export function buildTimings(events: readonly BuildEvent[], end?: number): BuildTimings {
+  const phases: Partial<Record<BuildPhase, number>> = {};
+  const open = new Map<string, { phase: BuildPhase; at: number }>();
+  const close = (platform: string, at: number) => {
+    const o = open.get(platform);
+    if (o) phases[o.phase] = (phases[o.phase] ?? 0) + (at - o.at);
+    open.delete(platform);
+  };
+  let packedBytes = 0;
+  let cachedBytes = 0;
+  let reusedBytes = 0;
+  for (const e of events) {
+    if (e.type === 'phase') {
+      close(e.platform, e.at);
+      open.set(e.platform, { phase: e.phase, at: e.at });
+    } else if (e.type === 'layer') {
+      if (e.reused) reusedBytes += e.size;
+      else {
+        cachedBytes += e.cachedBytes;
+        packedBytes += e.size - e.cachedBytes;
+      }
+    } else if (e.type === 'finished' || e.type === 'failed') {
+      for (const platform of [...open.keys()]) close(platform, e.at);
+    }
+  }
+  if (end !== undefined) for (const platform of [...open.keys()]) close(platform, end);
+  return { phases, packedBytes, cachedBytes, reusedBytes };
 }

@@ -27,7 +27,7 @@ import { MANIFEST_TYPES, MediaType, assembleManifests, type ManifestMediaType } 
 import type { PackageSourceResolver, ResolvedSource } from '../nix/sources.js';
 import type { StorageBackend } from '../storage/backend.js';
 import { Admission, DEFAULT_ADMISSION, type AdmissionStats } from './admission.js';
-import { Build } from './build.js';
+import { Build, buildTimings } from './build.js';
 import { PlatformBuilder, hashKey, type PlatformBuilderDeps } from './platform-build.js';
 import { decodeRecord, encodeRecord, type BlobRef, type BuiltImage } from './records.js';
 
@@ -68,7 +68,11 @@ export type ServiceEvent =
 export type ServiceListener = (event: ServiceEvent) => void;
 
 const MANIFEST_KEY_VERSION = 'image-v1';
-/** Layers packed at once: one gzip stream per core of the machines we run on. */
+/**
+ * Layers packed at once. Their pieces share the packer's compression
+ * threads, so this only lets one layer's file reads overlap another's
+ * compression; more would add memory (a window of pieces each), not speed.
+ */
 const PACK_CONCURRENCY = 2;
 /** Built images kept in memory (a record is a few hundred bytes). */
 const IMAGE_CACHE_SIZE = 1000;
@@ -275,8 +279,19 @@ export class ImageService {
       // Persisted before the answer: clients fetch by digest right after.
       await storage.putRecord('manifests', key, encodeRecord(image));
       this.cache.set(key, image);
+      const t = buildTimings(build.events(), now());
       log.info(
-        { image: build.image, packages: spec.packages, revision: resolved.revision, layers: platform.layers.length, ms: now() - build.startedAt },
+        {
+          image: build.image,
+          packages: spec.packages,
+          revision: resolved.revision,
+          layers: platform.layers.length,
+          ms: now() - build.startedAt,
+          phasesMs: t.phases,
+          packedBytes: t.packedBytes,
+          cachedBytes: t.cachedBytes,
+          reusedBytes: t.reusedBytes,
+        },
         'image built',
       );
       return image;

@@ -5,7 +5,7 @@
  * collects; none is known to the service.
  */
 import { NixBuildError, PackagesNotFoundError } from '../errors.js';
-import type { Build } from './build.js';
+import { buildTimings, type Build, type BuildTimings } from './build.js';
 import type { ImageService } from './image-service.js';
 import type { RecentErrors } from './recent-errors.js';
 
@@ -110,6 +110,15 @@ export function onBuildOutcome(service: ImageService, observe: (outcome: BuildOu
       else if (e.type === 'failed') {
         observe(e.error instanceof NixBuildError && e.error.timedOut ? 'timed_out' : 'failed', (e.at - build.startedAt) / 1000);
       }
+    }),
+  );
+}
+
+/** Calls `observe` with the phase timings and byte counts of each build that succeeded. */
+export function onBuildTimings(service: ImageService, observe: (timings: BuildTimings) => void): void {
+  onEachBuild(service, (build) =>
+    build.subscribe((e) => {
+      if (e.type === 'finished') observe(buildTimings(build.events()));
     }),
   );
 }

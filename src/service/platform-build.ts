@@ -17,6 +17,7 @@ import type { Architecture } from '../image/name.js';
 import { storePathName } from '../layers/graph.js';
 import { groupLayers } from '../layers/group.js';
 import type { TarEntry } from '../layers/pack.js';
+import type { LayerSegment } from '../layers/parallel-pack.js';
 import type { Popularity } from '../layers/popularity.js';
 import type { Logger } from '../log.js';
 import { MediaType, buildImageConfig, type LayerInfo } from '../manifest/build.js';
@@ -29,16 +30,17 @@ import { SingleFlight } from './single-flight.js';
 
 /** How store paths are read as tar entries; implemented by layers/walk.ts. */
 export interface LayerReader {
-  storePathEntries(paths: readonly string[]): AsyncIterable<TarEntry>;
+  /** A layer of store paths as segments: the store directories, then one per path. */
+  storePathSegments(paths: readonly string[]): LayerSegment[];
   symlinkLayerEntries(roots: readonly string[]): Promise<{ entries: TarEntry[]; conflicts: readonly unknown[] }>;
 }
 
-/** Packs entries into `out` (which it ends); implemented by layers/pack.ts. */
+/** Packs segments into `out` (which it ends); implemented by layers/parallel-pack.ts. */
 export type LayerPacker = (
-  entries: AsyncIterable<TarEntry> | Iterable<TarEntry>,
+  segments: readonly LayerSegment[],
   out: Writable,
   opts?: { signal?: AbortSignal },
-) => Promise<{ diffId: Digest; digest: Digest; size: number }>;
+) => Promise<{ diffId: Digest; digest: Digest; size: number; cachedBytes: number }>;
 
 export interface PlatformBuilderDeps {
   readonly nix: NixRunner;
@@ -49,12 +51,15 @@ export interface PlatformBuilderDeps {
   readonly popularity: Popularity;
   /** Most layers per image, the symlink layer included. */
   readonly layerBudget: number;
-  /** Layers packed at once (one gzip stream per core). */
+  /** Layers packed at once (their pieces share the packer's threads). */
   readonly packConcurrency: number;
   readonly now: () => number;
 }
 
-const LAYER_KEY_VERSION = 'layer-v1';
+// v2: layers are concatenated gzip members (parallel-pack.ts); records of
+// single-stream v1 layers are not reused, so a store path's layer has the
+// same bytes on every server running this code.
+const LAYER_KEY_VERSION = 'layer-v2';
 
 export function hashKey(...parts: string[]): string {
   return createHash('sha256').update(parts.join('\0')).digest('hex');
@@ -90,14 +95,14 @@ export class PlatformBuilder {
 
     phase('pack');
     const storeLayers = groups.map((g) =>
-      this.layer(build, platform, g.paths.map(storePathName).join(', '), g.paths, () => this.deps.reader.storePathEntries(g.paths), signal),
+      this.layer(build, platform, g.paths.map(storePathName).join(', '), g.paths, () => this.deps.reader.storePathSegments(g.paths), signal),
     );
     // Package order decides symlink conflicts: the image's sorted package order.
     const forestRoots = pkgs.map((p) => p.out);
     const symlinkLayer = this.layer(build, platform, 'symlink layer', ['symlinks', ...forestRoots], async () => {
       const plan = await this.deps.reader.symlinkLayerEntries(forestRoots);
       if (plan.conflicts.length > 0) this.deps.log.info({ image: build.image, conflicts: plan.conflicts }, 'symlink layer conflicts');
-      return plan.entries;
+      return [{ entries: () => plan.entries }];
     }, signal);
     const layers: LayerInfo[] = await Promise.all([...storeLayers, symlinkLayer]);
 
@@ -117,12 +122,13 @@ export class PlatformBuilder {
     platform: string,
     description: string,
     keyParts: readonly string[],
-    entries: () => AsyncIterable<TarEntry> | Promise<Iterable<TarEntry>>,
+    segments: () => readonly LayerSegment[] | Promise<readonly LayerSegment[]>,
     signal: AbortSignal | undefined,
   ): Promise<LayerInfo> {
     const key = hashKey(LAYER_KEY_VERSION, ...keyParts);
     const { storage, now } = this.deps;
     let reused = true;
+    let cachedBytes = 0;
     return this.layerFlights
       .run(key, async () => {
         const raw = await storage.getRecord('layers', key);
@@ -132,16 +138,17 @@ export class PlatformBuilder {
         }
         reused = false;
         const stored = await this.packLimit(async () => {
-          const source = await entries();
+          const source = await segments();
           const r = await storage.persistBlob(MediaType.ociLayer, (out) => this.deps.pack(source, out, { signal }));
           if (r.digest !== r.value.digest) throw new Error(`layer digest mismatch: packed ${r.value.digest}, stored ${r.digest}`);
+          cachedBytes = r.value.cachedBytes;
           return { digest: r.digest, size: r.size, diffId: r.value.diffId };
         });
         await storage.putRecord('layers', key, Buffer.from(JSON.stringify(stored)));
         return stored;
       })
       .then((l) => {
-        build.emit({ type: 'layer', at: now(), platform, digest: l.digest, size: l.size, reused, description });
+        build.emit({ type: 'layer', at: now(), platform, digest: l.digest, size: l.size, reused, cachedBytes, description });
         return { ...l, description };
       });
   }

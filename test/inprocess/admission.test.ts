@@ -11,8 +11,8 @@ import type { AdmissionConfig } from '../../src/config.js';
 import { BuildAbortedError, TooManyBuildsError } from '../../src/errors.js';
 import { createApp } from '../../src/http/app.js';
 import { parseImageName } from '../../src/image/name.js';
-import { packLayer } from '../../src/layers/pack.js';
-import { storePathEntries, symlinkLayerEntries } from '../../src/layers/walk.js';
+import { ParallelPacker } from '../../src/layers/parallel-pack.js';
+import { storePathSegments, symlinkLayerEntries } from '../../src/layers/walk.js';
 import { silentLogger } from '../../src/log.js';
 import { ROOT } from '../../src/runtime.js';
 import { MediaType } from '../../src/manifest/build.js';
@@ -69,16 +69,17 @@ async function harness(env: Record<string, string> = {}, opts: { now?: () => num
   const shutdown = new AbortController();
   const log = silentLogger();
   const admission: AdmissionConfig = base.runtime.config.admission;
+  const packer = new ParallelPacker({ threads: 2, cacheBytes: 0 });
   const service = new ImageService({
     nix: base.nix,
     storage,
     source: base.source,
     log,
     reader: {
-      storePathEntries: (p) => storePathEntries(p, { root: base.nix.root }),
+      storePathSegments: (p) => storePathSegments(p, { root: base.nix.root }),
       symlinkLayerEntries: (r) => symlinkLayerEntries(r, { root: base.nix.root }),
     },
-    pack: (entries, out, o) => packLayer(entries, out, o),
+    pack: (segments, out, o) => packer.pack(segments, out, o),
     popularity: new Map(),
     layerBudget: base.runtime.config.layerBudget,
     shutdown: shutdown.signal,
