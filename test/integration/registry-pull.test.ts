@@ -3,7 +3,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { inChroot, skopeoPull, unpack } from '../helpers/clients.js';
+import { inChroot, sh, skopeoPull, unpack } from '../helpers/clients.js';
 import { scratchDir, startServer, type RunningServer } from '../helpers/server.js';
 
 let server: RunningServer;
@@ -44,5 +44,39 @@ describe('pulling with skopeo and running with chroot', () => {
     const b = await fetch(`${server.url}/v2/hello/jq/manifests/latest`, { method: 'HEAD', headers: accept });
     expect(a.headers.get('docker-content-digest')).toMatch(/^sha256:/);
     expect(b.headers.get('docker-content-digest')).toBe(a.headers.get('docker-content-digest'));
+  });
+
+  it('python3: its multi-member gzip layers pass gzip -t and Python\'s gzip, match their diff_ids, and the interpreter runs', async () => {
+    const layout = `${scratch.path}/python3`;
+    await skopeoPull(`${server.host}/python3`, layout);
+    const index = JSON.parse(await readFile(`${layout}/index.json`, 'utf8'));
+    const blob = (digest: string) => `${layout}/blobs/sha256/${digest.slice('sha256:'.length)}`;
+    const manifest = JSON.parse(await readFile(blob(index.manifests[0].digest), 'utf8'));
+    const config = JSON.parse(await readFile(blob(manifest.config.digest), 'utf8'));
+    let mostMembers = 0;
+    for (const [i, layer] of (manifest.layers as Array<{ digest: string }>).entries()) {
+      await sh('gzip', ['-t', blob(layer.digest)]);
+      const { stdout } = await sh('python3', [
+        '-c',
+        [
+          'import gzip, hashlib, sys, zlib',
+          'data = open(sys.argv[1], "rb").read()',
+          'members, rest = 0, data',
+          'while rest:',
+          '    d = zlib.decompressobj(31); d.decompress(rest); rest = d.unused_data; members += 1',
+          'print("sha256:" + hashlib.sha256(gzip.decompress(data)).hexdigest(), members)',
+        ].join('\n'),
+        blob(layer.digest),
+      ]);
+      const [diffId, members] = stdout.trim().split(' ');
+      expect(diffId).toBe(config.rootfs.diff_ids[i]);
+      mostMembers = Math.max(mostMembers, Number(members));
+    }
+    // The 25 MB interpreter's layer is cut into 1 MiB pieces.
+    expect(mostMembers).toBeGreaterThan(10);
+    const rootfs = await unpack(layout, `${scratch.path}/python3-bundle`);
+    expect(await inChroot(rootfs, ['python3', '-B', '-c', 'import json, zlib, sys; print(json.dumps([sys.prefix.startswith("/nix/store/"), len(zlib.compress(b"x"))]))'])).toBe(
+      '[true, 9]\n',
+    );
   });
 });

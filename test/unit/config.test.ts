@@ -244,3 +244,20 @@ describe('access control and admission', () => {
     expect(parseConfig({ ...gcs, GOOGLE_APPLICATION_CREDENTIALS: '/k.json' }).storage).toMatchObject({ kind: 'gcs', credentialsFile: '/k.json' });
   });
 });
+
+describe('layer packing', () => {
+  it('packs on every core with a 256 MiB piece cache unless told otherwise; sizes take k/M/G units', () => {
+    expect(parseConfig(base).pack).toEqual({ threads: undefined, cacheBytes: 256 * 1024 * 1024 });
+    expect(parseConfig({ ...base, NIXERY_PACK_THREADS: '3', NIXERY_PACK_CACHE_BYTES: '0' }).pack).toEqual({ threads: 3, cacheBytes: 0 });
+    expect(parseConfig({ ...base, NIXERY_PACK_CACHE_BYTES: '512M' }).pack.cacheBytes).toBe(512 * 1024 * 1024);
+    expect(parseConfig({ ...base, NIXERY_PACK_CACHE_BYTES: '2GiB' }).pack.cacheBytes).toBe(2 * 1024 ** 3);
+    expect(parseConfig({ ...base, NIXERY_PACK_CACHE_BYTES: '100000' }).pack.cacheBytes).toBe(100_000);
+  });
+
+  it('refuses a thread count of 0 and a size without a number, naming the variable', () => {
+    expect(problems({ ...base, NIXERY_PACK_THREADS: '0' })).toEqual(['NIXERY_PACK_THREADS: 0 is out of range (1..256)']);
+    expect(problems({ ...base, NIXERY_PACK_CACHE_BYTES: 'lots' })).toEqual([
+      'NIXERY_PACK_CACHE_BYTES: "lots" is not a byte count (e.g. 268435456, 256M or 2GiB)',
+    ]);
+  });
+});
