@@ -86,6 +86,7 @@ export async function createRuntime(config: Config, log: Logger, adapters: Runti
     log,
     reader: adapters.reader ?? { storePathSegments: (p) => storePathSegments(p), symlinkLayerEntries: (r) => symlinkLayerEntries(r) },
     pack: (segments, out, opts) => packer.pack(segments, out, opts),
+    warm: (segments, signal) => packer.warm(segments, signal),
     popularity,
     layerBudget: config.layerBudget,
     admission: config.admission,

@@ -120,6 +120,8 @@ export class ParallelPacker {
   private hits = 0;
   private misses = 0;
   private endMember: Promise<Buffer> | undefined;
+  /** Store paths being compressed now, resolved when their members are cached (or given up). */
+  private readonly producing = new Map<string, Promise<void>>();
 
   constructor(private readonly opts: ParallelPackerOptions) {
     if (!Number.isInteger(opts.threads) || opts.threads < 1) throw new RangeError(`threads must be a positive integer, got ${opts.threads}`);
@@ -210,38 +212,88 @@ export class ParallelPacker {
    * window allows. Boxed: an async generator would await a bare promise
    * before yielding it, one piece at a time.
    */
-  private async *segmentPieces(segment: LayerSegment, signal: AbortSignal | undefined): AsyncGenerator<{ pending: Promise<Piece> }> {
-    const key = segment.cacheKey;
+  private async *segmentPieces(
+    segment: LayerSegment,
+    signal: AbortSignal | undefined,
+    warming = false,
+  ): AsyncGenerator<{ pending: Promise<Piece> }> {
+    const key = this.cache ? segment.cacheKey : undefined;
+    // Being compressed for another layer (or ahead of time): wait for it
+    // rather than compressing the same bytes twice.
+    if (key !== undefined) await this.producing.get(key);
     const cached = key !== undefined ? this.cache?.get(key) : undefined;
     if (cached) {
       this.hits++;
       for (const gz of cached.members) yield { pending: this.limit(async () => ({ raw: await gunzipAsync(gz, { chunkSize: ZLIB_CHUNK }), gz, fromCache: true })) };
       return;
     }
-    if (key !== undefined && this.cache) this.misses++;
-    // Members kept for the cache while they stay under its entry bound;
-    // a path that outgrows it is given up at once, so packing a 1 GiB path
-    // holds at most that bound, not the path.
-    let kept: Array<Promise<Buffer>> | undefined = key !== undefined && this.cache ? [] : undefined;
-    let keptBytes = 0;
-    const keep = (gz: Buffer) => {
-      keptBytes += gz.length;
-      if (keptBytes > this.maxEntryBytes) kept = undefined;
-    };
-    for await (const raw of cut(tarStream(segment.entries(), signal))) {
-      const gz = this.compress(raw);
-      if (kept) {
-        kept.push(gz);
-        gz.then(keep, () => undefined);
+    if (key !== undefined) this.misses++;
+    let done = () => {};
+    if (key !== undefined) {
+      const producing = new Promise<void>((resolve) => (done = resolve));
+      this.producing.set(key, producing);
+    }
+    try {
+      // Members kept for the cache while they stay under its entry bound;
+      // a path that outgrows it is given up at once, so packing a 1 GiB path
+      // holds at most that bound, not the path.
+      let kept: Array<Promise<Buffer>> | undefined = key !== undefined ? [] : undefined;
+      let keptBytes = 0;
+      const keep = (gz: Buffer) => {
+        keptBytes += gz.length;
+        if (keptBytes > this.maxEntryBytes) kept = undefined;
+      };
+      for await (const raw of cut(tarStream(segment.entries(), signal))) {
+        // Compressing ahead of time is only worth it for what the cache keeps.
+        if (warming && !kept) return;
+        const gz = this.compress(raw);
+        if (kept) {
+          kept.push(gz);
+          gz.then(keep, () => undefined);
+        }
+        yield { pending: gz.then((b) => ({ raw, gz: b, fromCache: false })) };
       }
-      yield { pending: gz.then((b) => ({ raw, gz: b, fromCache: false })) };
+      if (kept && key !== undefined) {
+        const members = await Promise.all(kept);
+        // Checked again: `keep` may not have run for the last members yet.
+        const bytes = members.reduce((n, m) => n + m.length, 0);
+        if (kept && bytes <= this.maxEntryBytes) this.cache?.set(key, { members, bytes });
+      }
+    } finally {
+      if (key !== undefined) {
+        this.producing.delete(key);
+        done();
+      }
     }
-    if (kept && key !== undefined) {
-      const members = await Promise.all(kept);
-      // Checked again: `keep` may not have run for the last members yet.
-      const bytes = members.reduce((n, m) => n + m.length, 0);
-      if (kept && bytes <= this.maxEntryBytes) this.cache?.set(key, { members, bytes });
+  }
+
+  /**
+   * Compresses store-path segments into the piece cache ahead of packing
+   * (while Nix still builds other derivations of the same image), with the
+   * same window as packing: a layer that needs the path meanwhile waits for
+   * it rather than compressing it again. Segments already cached, or too
+   * big for the cache, are skipped; failures are ignored (packing will
+   * meet them again and report them). Resolves with the compressed bytes added.
+   */
+  async warm(segments: readonly LayerSegment[], signal?: AbortSignal): Promise<number> {
+    let added = 0;
+    for (const segment of segments) {
+      const key = segment.cacheKey;
+      if (key === undefined || !this.cache || this.cache.has(key) || this.producing.has(key) || signal?.aborted) continue;
+      try {
+        const inFlight: Array<Promise<Piece>> = [];
+        for await (const { pending } of this.segmentPieces(segment, signal, true)) {
+          pending.catch(() => undefined);
+          inFlight.push(pending);
+          if (inFlight.length >= this.window) await inFlight.shift();
+        }
+        await Promise.all(inFlight);
+        added += this.cache.get(key)?.bytes ?? 0;
+      } catch {
+        // Reported by the packing that needs it, if it still does.
+      }
     }
+    return added;
   }
 
   private compress(raw: Buffer): Promise<Buffer> {

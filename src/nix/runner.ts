@@ -10,6 +10,7 @@
  * and SIGKILL if it is still there after a grace period.
  */
 import { execa } from 'execa';
+import { LineSplitter, NixLogParser, type NixLogEvent } from './nix-log.js';
 import path from 'node:path';
 import pLimit from 'p-limit';
 import { BuildAbortedError, NixBuildError, PackagesNotFoundError, type MissingPackage } from '../errors.js';
@@ -34,11 +35,21 @@ export interface NixCallOptions {
   readonly signal?: AbortSignal;
 }
 
+export interface RealiseOptions extends NixCallOptions {
+  /**
+   * Called while Nix works: a derivation built, a path substituted, a build
+   * log line. A stopped build may have failed: check before using its outputs.
+   */
+  readonly onEvent?: (event: NixLogEvent) => void;
+}
+
 export interface NixRunner {
   /** Names -> derivations, without building. Throws PackagesNotFoundError naming every missing one. */
   resolve(source: NixSource, packages: readonly string[], system: string, opts?: NixCallOptions): Promise<ResolvedPackage[]>;
   /** Builds (or substitutes) the derivations. Throws NixBuildError. */
-  realise(drvs: readonly string[], opts?: NixCallOptions): Promise<void>;
+  realise(drvs: readonly string[], opts?: RealiseOptions): Promise<void>;
+  /** The output paths of a derivation (valid or not). */
+  outputs(drv: string, opts?: NixCallOptions): Promise<string[]>;
   /** The runtime closure of the given store paths. */
   closure(paths: readonly string[], opts?: NixCallOptions): Promise<ClosureGraph>;
   /** Throws when Nix cannot be run or its store cannot be opened (readiness). */
@@ -129,7 +140,13 @@ export class ExecaNixRunner implements NixRunner {
    * backstop above Nix's own timeout: evaluation and lock waits are not
    * covered by --timeout.
    */
-  private async run(command: string, args: string[], limitSeconds: number, signal?: AbortSignal): Promise<string> {
+  private async run(
+    command: string,
+    args: string[],
+    limitSeconds: number,
+    signal?: AbortSignal,
+    nixLog?: { parser: NixLogParser; onEvent?: (event: NixLogEvent) => void },
+  ): Promise<string> {
     if (signal?.aborted) throw new BuildAbortedError(String(signal.reason ?? 'aborted'));
     const child = execa(command, args, {
       detached: true,
@@ -140,6 +157,14 @@ export class ExecaNixRunner implements NixRunner {
       // We stop the group ourselves (below): execa's own kill only reaches the leader.
       cleanup: true,
     });
+    if (nixLog) {
+      const lines = new LineSplitter();
+      const take = (line: string) => {
+        for (const event of nixLog.parser.push(line)) nixLog.onEvent?.(event);
+      };
+      child.stderr?.on('data', (d: Buffer) => lines.push(d.toString('utf8')).forEach(take));
+      child.stderr?.on('end', () => lines.end().forEach(take));
+    }
     this.stats.running++;
     let stoppedFor: 'timeout' | 'abort' | undefined;
     let exited = false;
@@ -164,7 +189,7 @@ export class ExecaNixRunner implements NixRunner {
         const name = `${path.basename(command)} ${args[0] ?? ''}`.trim();
         // Nix: 100 = build failed, 101 = build failed and at least one timed out.
         const timedOut = stoppedFor === 'timeout' || r.exitCode === 101;
-        throw new NixBuildError(name, r.exitCode, timedOut, tailOf(stderr));
+        throw new NixBuildError(name, r.exitCode, timedOut, tailOf(nixLog ? nixLog.parser.transcript() : stderr));
       }
       return typeof r.stdout === 'string' ? r.stdout : '';
     } finally {
@@ -212,18 +237,26 @@ export class ExecaNixRunner implements NixRunner {
     return answer.ok;
   }
 
-  async realise(drvs: readonly string[], opts: NixCallOptions = {}): Promise<void> {
+  async realise(drvs: readonly string[], opts: RealiseOptions = {}): Promise<void> {
     if (drvs.length === 0) return;
     const t = String(this.opts.timeoutSeconds);
     await this.realiseQueue(() => {
       this.stats.realisations++;
       return this.run(
         'nix-store',
-        ['--realise', '--timeout', t, '--max-silent-time', t, ...drvs],
+        // internal-json: which derivation finished when, and the build log
+        // lines, without parsing Nix's human output (nix-log.ts).
+        ['--realise', '--log-format', 'internal-json', '--timeout', t, '--max-silent-time', t, ...drvs],
         this.opts.timeoutSeconds + 1,
         opts.signal,
+        { parser: new NixLogParser(), ...(opts.onEvent ? { onEvent: opts.onEvent } : {}) },
       );
     });
+  }
+
+  async outputs(drv: string, opts: NixCallOptions = {}): Promise<string[]> {
+    const stdout = await this.run('nix-store', ['--query', '--outputs', drv], this.opts.timeoutSeconds + 1, opts.signal);
+    return stdout.split('\n').filter((l) => l.startsWith('/'));
   }
 
   async closure(paths: readonly string[], opts: NixCallOptions = {}): Promise<ClosureGraph> {

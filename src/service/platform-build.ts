@@ -42,8 +42,13 @@ export type LayerPacker = (
   opts?: { signal?: AbortSignal },
 ) => Promise<{ diffId: Digest; digest: Digest; size: number; cachedBytes: number }>;
 
+/** Compresses store paths into the piece cache ahead of packing; implemented by ParallelPacker.warm. */
+export type LayerWarmer = (segments: readonly LayerSegment[], signal?: AbortSignal) => Promise<number>;
+
 export interface PlatformBuilderDeps {
   readonly nix: NixRunner;
+  /** When present, paths Nix realises during a build are compressed while it builds the rest. */
+  readonly warm?: LayerWarmer;
   readonly storage: StorageBackend;
   readonly reader: LayerReader;
   readonly pack: LayerPacker;
@@ -87,7 +92,7 @@ export class PlatformBuilder {
     phase('resolve');
     const pkgs = await nix.resolve(resolved.nix, packages, arch.nixSystem, { signal });
     phase('realise');
-    await nix.realise([...new Set(pkgs.map((p) => p.drv))].sort(), { signal });
+    await this.realise(build, [...new Set(pkgs.map((p) => p.drv))].sort(), signal);
     phase('closure');
     const graph = await nix.closure([...new Set(pkgs.map((p) => p.out))], { signal });
     phase('group');
@@ -114,6 +119,39 @@ export class PlatformBuilder {
       config: { digest: config.digest as Digest, size: config.size },
       layers: layers.map((l) => ({ digest: l.digest as Digest, size: l.size, diffId: l.diffId as Digest })),
     };
+  }
+
+  /**
+   * Realises the derivations, passing Nix's build log on as build events and
+   * compressing each output as soon as Nix has built or substituted it, while
+   * it works on the rest (one path at a time; what is still waiting when Nix
+   * is done is left to the pack phase, which packs on every core). Every
+   * output realised by this build is in the derivation closure of the image
+   * but not necessarily in its runtime closure: a build-only dependency is
+   * compressed for nothing, which costs CPU, never correctness.
+   */
+  private async realise(build: Build, drvs: readonly string[], signal: AbortSignal | undefined): Promise<void> {
+    const { nix, now, warm, reader } = this.deps;
+    const early = pLimit(1);
+    const prepack = (paths: () => Promise<readonly string[]>) => {
+      if (!warm) return;
+      void early(async () => {
+        const segments = reader.storePathSegments(await paths()).filter((s) => s.cacheKey !== undefined);
+        await warm(segments, signal);
+      }).catch(() => undefined);
+    };
+    try {
+      await nix.realise(drvs, {
+        ...(signal ? { signal } : {}),
+        onEvent: (e) => {
+          if (e.kind === 'log') build.emit({ type: 'log', at: now(), line: e.line });
+          else if (e.kind === 'built') prepack(() => nix.outputs(e.drv, signal ? { signal } : {}));
+          else prepack(async () => [e.path]);
+        },
+      });
+    } finally {
+      early.clearQueue();
+    }
   }
 
   /** A layer by content key: reused when stored, else packed once and stored. */

@@ -10,7 +10,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { BuildAbortedError, NixBuildError, PackagesNotFoundError } from '../../src/errors.js';
 import { makeClosureGraph, type ClosureGraph } from '../../src/layers/graph.js';
-import type { NixCallOptions, NixRunner, NixRunnerStats, NixSource, ResolvedPackage } from '../../src/nix/runner.js';
+import type { NixCallOptions, NixRunner, RealiseOptions, NixRunnerStats, NixSource, ResolvedPackage } from '../../src/nix/runner.js';
 
 export interface FakePackage {
   /** Programs put in bin/, each a small shell script. */
@@ -81,7 +81,7 @@ export class FakeNixRunner implements NixRunner {
     });
   }
 
-  async realise(drvs: readonly string[], opts: NixCallOptions = {}): Promise<void> {
+  async realise(drvs: readonly string[], opts: RealiseOptions = {}): Promise<void> {
     this.stats.realisations++;
     this.stats.running++;
     try {
@@ -92,10 +92,16 @@ export class FakeNixRunner implements NixRunner {
         if (gate) await gate;
         if (opts.signal?.aborted) throw new BuildAbortedError('aborted');
         if (this.failing.has(attr)) throw new NixBuildError('nix-store --realise', 100, false, `builder for '${drv}' failed with exit code 1`);
+        opts.onEvent?.({ kind: 'log', line: `building ${attr}` });
+        opts.onEvent?.({ kind: 'built', drv });
       }
     } finally {
       this.stats.running--;
     }
+  }
+
+  async outputs(drv: string): Promise<string[]> {
+    return [drv.replace(/\.drv$/, '')];
   }
 
   async closure(paths: readonly string[]): Promise<ClosureGraph> {

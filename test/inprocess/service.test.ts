@@ -7,6 +7,7 @@ import { parseImageName } from '../../src/image/name.js';
 import { MediaType } from '../../src/manifest/build.js';
 import { decodeRecord, imageBlobs } from '../../src/service/records.js';
 import type { BuildEvent } from '../../src/service/build.js';
+import { fakeStorePath } from '../helpers/fake-nix.js';
 import { inProcessRegistry, type InProcessRegistry } from '../helpers/in-process.js';
 
 const OCI = MediaType.ociManifest;
@@ -72,7 +73,8 @@ describe('image service', () => {
     const late: BuildEvent[] = [];
     build!.subscribe((e) => late.push(e));
     // What happened before the late subscriber came: replayed at once.
-    expect(late.map((e) => e.type === 'phase' && e.phase)).toEqual(['resolve', 'realise']);
+    // (cacert, iana-etc: realised before jq's gate, or after it: their drv paths decide.)
+    expect(late.filter((e) => e.type !== 'log').map((e) => e.type === 'phase' && e.phase)).toEqual(['resolve', 'realise']);
     release();
     await pull;
     expect(late).toEqual(early);
@@ -135,5 +137,28 @@ describe('image service', () => {
     expect(again.digest).toBe(oci);
     expect(r.storage.blobs.has(oci)).toBe(true);
     expect(r.runtime.stats.builds).toBe(2);
+  });
+
+  it('compresses each package as soon as Nix has built it, while Nix builds the rest, and passes build log lines on', async () => {
+    const r = await registry({ env: { NIXERY_LAYER_BUDGET: '2' } });
+    let release!: () => void;
+    // Realised in drv path order; the last one waits at its gate.
+    const order = ['cacert', 'htop', 'iana-etc', 'jq'].sort((a, b) => (fakeStorePath(a) < fakeStorePath(b) ? -1 : 1));
+    r.nix.gates.set(order[3]!, new Promise<void>((resolve) => (release = resolve)));
+    const events: BuildEvent[] = [];
+    r.service.subscribe((e) => {
+      if (e.type === 'build') e.build.subscribe((b) => events.push(b));
+    });
+    const pull = r.service.manifest(parseImageName('htop/jq', 'latest'), OCI);
+    for (let i = 0; i < 200 && r.runtime.packer.stats().entries < 3; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+    expect(r.runtime.packer.stats().entries).toBeGreaterThanOrEqual(3);
+    expect(events.some((e) => e.type === 'phase' && e.phase === 'pack')).toBe(false);
+    release();
+    await pull;
+    // The budget puts everything but the symlinks into one layer: most of it was compressed early.
+    const layers = events.filter((e): e is Extract<BuildEvent, { type: 'layer' }> => e.type === 'layer');
+    const store = layers.find((l) => l.description !== 'symlink layer')!;
+    expect(store.cachedBytes).toBeGreaterThan(store.size / 2);
+    expect(events.filter((e) => e.type === 'log').map((e) => (e as { line: string }).line)).toEqual(order.map((p) => `building ${p}`));
   });
 });

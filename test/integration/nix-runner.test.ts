@@ -4,6 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { BuildAbortedError, NixBuildError, PackagesNotFoundError } from '../../src/errors.js';
 import { storePathName } from '../../src/layers/graph.js';
+import type { NixLogEvent } from '../../src/nix/nix-log.js';
 import { demoSource, freshSalt, makeRunner, processesMatching } from '../helpers/nix.js';
 
 const SYSTEM = 'x86_64-linux';
@@ -71,13 +72,30 @@ describe('NixRunner.realise and closure', () => {
     for (const n of graph.nodes.values()) expect(n.narSize).toBeGreaterThan(0);
   });
 
+  it('reports each derivation as Nix finishes building it, dependencies first, with build log lines', async () => {
+    const runner = makeRunner({ importArgs: { salt: freshSalt() } });
+    const [htop] = await runner.resolve(demoSource, ['htop'], SYSTEM);
+    const events: NixLogEvent[] = [];
+    await runner.realise([htop!.drv], { onEvent: (e) => events.push(e) });
+    const built = events.filter((e) => e.kind === 'built').map((e) => storePathName((e as { drv: string }).drv).replace(/-[0-9.]+\.drv$/, ''));
+    // A fresh salt: every package of the closure is built, htop last (it needs the others).
+    expect([...built].sort()).toEqual(expect.arrayContaining(['glibc', 'htop', 'libnl', 'ncurses']));
+    expect(built.at(-1)).toBe('htop');
+    expect(await runner.outputs(htop!.drv)).toEqual([htop!.out]);
+  });
+
   it('reports a failing build as NixBuildError with its stderr', async () => {
     const runner = makeRunner();
     const [broken] = await runner.resolve(demoSource, ['broken-build'], SYSTEM);
-    const err = await runner.realise([broken!.drv]).catch((e: unknown) => e);
+    const events: NixLogEvent[] = [];
+    const err = await runner.realise([broken!.drv], { onEvent: (e) => events.push(e) }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(NixBuildError);
     expect(err).toMatchObject({ exitCode: 100, timedOut: false });
+    // Nix's machine-readable log turned back into its words, without colour codes.
     expect((err as NixBuildError).stderr).toContain('broken-build: this package fails on purpose');
+    expect((err as NixBuildError).stderr).toMatch(/^error: builder for '.*broken-build.*' failed with exit code 1$/m);
+    expect((err as NixBuildError).stderr).not.toContain('@nix');
+    expect(events).toContainEqual({ kind: 'log', line: 'broken-build: this package fails on purpose' });
   });
 
   // slowSeconds values are unique to each case so that `ps` finds only this test's builders.
