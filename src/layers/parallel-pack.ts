@@ -62,12 +62,13 @@ export const PIECE_FORMAT = `pieces-v1:${PIECE_SIZE}:gzip6:zlib-${process.versio
 
 const LEVEL = 6;
 /**
- * zlib's output buffer, bigger than any member (deflateBound of a piece is
- * PIECE_SIZE plus 0.1% and a few bytes): Node's asynchronous zlib returns to
- * the main thread each time the buffer fills, so the 16 KiB default would
- * cost ~20 round trips per piece. The buffer size does not change the bytes.
+ * zlib's output buffer. Node's asynchronous zlib returns to the main thread
+ * each time it fills, so the 16 KiB default costs ~20 round trips per piece
+ * (measured: the Python path packed in 0.80 s with it, 0.45 s with this);
+ * a typical member (a third of a piece) fits in two. The buffer size does
+ * not change the bytes.
  */
-const ZLIB_CHUNK = PIECE_SIZE + 64 * 1024;
+const ZLIB_CHUNK = 256 * 1024;
 const END_OF_ARCHIVE = Buffer.alloc(1024);
 
 /** A run of a layer's entries; the layer is its segments in order. */
@@ -307,7 +308,8 @@ export class ParallelPacker {
  * Boundaries follow the bytes only, never the chunking of the source.
  */
 async function* cut(source: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
-  let parts: Buffer[] = [];
+  // Chunks not yet in a piece (the first may be a view into a larger chunk).
+  const parts: Buffer[] = [];
   let pending = 0;
   // Keep at least the end-of-archive blocks back until the source ends.
   const HOLD = END_OF_ARCHIVE.length;
@@ -315,10 +317,20 @@ async function* cut(source: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
     parts.push(chunk);
     pending += chunk.length;
     while (pending >= PIECE_SIZE + HOLD) {
-      const all = parts.length === 1 ? parts[0]! : Buffer.concat(parts, pending);
-      yield Buffer.from(all.subarray(0, PIECE_SIZE));
-      parts = [all.subarray(PIECE_SIZE)];
+      // Copied once into a piece of its own, never by concatenating
+      // everything pending (which copies each byte twice).
+      const piece = Buffer.allocUnsafe(PIECE_SIZE);
+      let filled = 0;
+      while (filled < PIECE_SIZE) {
+        const head = parts[0] as Buffer;
+        const take = Math.min(head.length, PIECE_SIZE - filled);
+        head.copy(piece, filled, 0, take);
+        filled += take;
+        if (take === head.length) parts.shift();
+        else parts[0] = head.subarray(take);
+      }
       pending -= PIECE_SIZE;
+      yield piece;
     }
   }
   const rest = Buffer.concat(parts, pending);
