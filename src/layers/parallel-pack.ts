@@ -71,6 +71,14 @@ const LEVEL = 6;
 const ZLIB_CHUNK = 256 * 1024;
 const END_OF_ARCHIVE = Buffer.alloc(1024);
 
+/**
+ * Most compressed bytes one store path may take in the cache. A path is
+ * kept while it is packed, so this is also what packing a huge path holds
+ * before giving up on caching it (1 GiB path: 152 MiB peak RSS with 32 MiB,
+ * well under that with 16). 16 MiB covers a 50 MB library tree.
+ */
+const MAX_ENTRY_BYTES = 16 * 1024 * 1024;
+
 /** A run of a layer's entries; the layer is its segments in order. */
 export interface LayerSegment {
   /** Set for a store path (immutable contents): its members are cached under this key. */
@@ -115,12 +123,18 @@ export interface PieceCacheStats {
 export class ParallelPacker {
   private readonly limit: ReturnType<typeof pLimit>;
   private readonly cache: LRUCache<string, CachedSegment> | undefined;
-  /** Largest segment worth keeping: a 1 GiB path would evict everything else and cost its size in memory while packing. */
+  /** Largest segment worth keeping (an eighth of the cache, at most MAX_ENTRY_BYTES): a 1 GiB path would evict everything else and cost its size in memory while packing. */
   private readonly maxEntryBytes: number;
   private readonly window: number;
   private hits = 0;
   private misses = 0;
   private endMember: Promise<Buffer> | undefined;
+  /**
+   * Piece buffers already compressed, hashed and written, for the next
+   * pieces. Without reuse every piece leaves a 1 MiB garbage buffer, and V8
+   * collects external memory late: tens of MB on the peak RSS of a big path.
+   */
+  private readonly spare: Buffer[] = [];
   /** Store paths being compressed now, resolved when their members are cached (or given up). */
   private readonly producing = new Map<string, Promise<void>>();
 
@@ -130,7 +144,7 @@ export class ParallelPacker {
     // Enough pieces in flight to keep every thread busy while the writer
     // waits on the oldest one.
     this.window = Math.max(4, opts.threads * 2);
-    this.maxEntryBytes = Math.floor(opts.cacheBytes / 8);
+    this.maxEntryBytes = Math.min(Math.floor(opts.cacheBytes / 8), MAX_ENTRY_BYTES);
     this.cache =
       opts.cacheBytes > 0
         ? new LRUCache({ maxSize: opts.cacheBytes, maxEntrySize: Math.max(1, this.maxEntryBytes), sizeCalculation: (s) => Math.max(1, s.bytes) })
@@ -173,6 +187,8 @@ export class ParallelPacker {
       if (piece.fromCache) cachedBytes += piece.gz.length;
       else compressedBytes += piece.gz.length;
       if (!writable.write(piece.gz)) await drainOrFail(writable, signal);
+      // zlib is done with it (its promise resolved), and so is the hash.
+      if (!piece.fromCache && piece.raw.length === PIECE_SIZE && this.spare.length < this.window) this.spare.push(piece.raw);
     };
     try {
       for (const segment of segments) {
@@ -244,7 +260,7 @@ export class ParallelPacker {
         keptBytes += gz.length;
         if (keptBytes > this.maxEntryBytes) kept = undefined;
       };
-      for await (const raw of cut(tarStream(segment.entries(), signal))) {
+      for await (const raw of cut(tarStream(segment.entries(), signal), () => this.spare.pop() ?? Buffer.allocUnsafe(PIECE_SIZE))) {
         // Compressing ahead of time is only worth it for what the cache keeps.
         if (warming && !kept) return;
         const gz = this.compress(raw);
@@ -307,7 +323,7 @@ export class ParallelPacker {
  * trailing end-of-archive blocks (the layer gets one set, at its end).
  * Boundaries follow the bytes only, never the chunking of the source.
  */
-async function* cut(source: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+async function* cut(source: AsyncIterable<Buffer>, alloc: () => Buffer): AsyncGenerator<Buffer> {
   // Chunks not yet in a piece (the first may be a view into a larger chunk).
   const parts: Buffer[] = [];
   let pending = 0;
@@ -319,7 +335,7 @@ async function* cut(source: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
     while (pending >= PIECE_SIZE + HOLD) {
       // Copied once into a piece of its own, never by concatenating
       // everything pending (which copies each byte twice).
-      const piece = Buffer.allocUnsafe(PIECE_SIZE);
+      const piece = alloc();
       let filled = 0;
       while (filled < PIECE_SIZE) {
         const head = parts[0] as Buffer;
