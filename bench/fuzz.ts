@@ -40,7 +40,7 @@ import { caseArb, checkResponse, type CaseOptions, type FuzzCase } from '../test
 
 /** The repository root: this file runs as .bench-build/bench/fuzz.js. */
 const ROOT = path.resolve(import.meta.dirname, '../..');
-const MAIN = path.join(ROOT, 'dist/main.js');
+const MAIN = path.join(ROOT, 'dist/launch.cjs');
 const DEMO_PKGS = path.join(ROOT, 'nix/demo-pkgs');
 const SERVER_LOG = path.join(ROOT, '.bench-build/fuzz-server.log');
 

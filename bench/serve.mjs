@@ -111,7 +111,7 @@ async function startOurs(extraEnv = {}, sharedStorage) {
   const proc = await startLogged(
     'nixery-ts',
     process.execPath,
-    [path.join(ROOT, 'dist/main.js')],
+    [path.join(ROOT, 'dist/launch.cjs')],
     {
       PATH: process.env.PATH ?? '/usr/bin:/bin',
       HOME: process.env.HOME ?? '/root',

@@ -3,7 +3,7 @@
 # installed as
 #
 #   $out/lib/nixery-ts/{dist,node_modules,package.json,web,prepare-image}
-#   $out/bin/nixery    node dist/main.js, with NIXERY_PREPARE_IMAGE_DIR set to
+#   $out/bin/nixery    node dist/launch.cjs, with NIXERY_PREPARE_IMAGE_DIR set to
 #                      nixery-prepare-image's expressions, WEB_DIR to the
 #                      bundled start page (both only if unset) and nix and git
 #                      first on PATH (the server runs nix-instantiate,
@@ -90,7 +90,7 @@ pkgs.buildNpmPackage {
     cp -r dist node_modules package.json web prepare-image $app/
 
     makeWrapper ${nodejs}/bin/node $out/bin/nixery \
-      --add-flags $app/dist/main.js \
+      --add-flags $app/dist/launch.cjs \
       --set-default NIXERY_PREPARE_IMAGE_DIR ${nixery-prepare-image}/share/nixery/prepare-image \
       --set-default WEB_DIR $app/web \
       --prefix PATH : ${lib.makeBinPath [ pkgs.nix pkgs.git ]}

@@ -24,4 +24,4 @@ export STORAGE_PATH="$PWD/.demo/storage"
 # The demo package set is entirely local: never wait on a binary cache.
 export NIXERY_OFFLINE=true
 echo "nixery-ts demo: http://$NIXERY_HOST:$PORT/ (Ctrl-C to stop)"
-exec node dist/main.js
+exec node dist/launch.cjs

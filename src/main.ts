@@ -2,7 +2,8 @@
  * The server's entry point and, with the future command line, the only
  * reader of process.env: configuration -> runtime -> HTTP server, and a
  * clean shutdown on SIGTERM/SIGINT or a crash. Importing it does nothing;
- * running it (`node dist/main.js`) serves.
+ * running it (`node dist/main.js`) serves. `dist/launch.cjs` (what
+ * `npm start` runs) sizes libuv's thread pool first and then calls main().
  */
 import { serve } from '@hono/node-server';
 import type { Server } from 'node:http';
@@ -12,7 +13,7 @@ import { realpathSync } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadConfig, parseConfig, type Config, type Env } from './config.js';
+import { loadConfig, type Config, type Env } from './config.js';
 import { ConfigError } from './errors.js';
 import { Htpasswd } from './auth/htpasswd.js';
 import { createApp } from './http/app.js';
@@ -21,7 +22,7 @@ import { loadTls, watchTls, type TlsMaterial } from './http/tls.js';
 import { clientErrorResponse } from './http/errcode.js';
 import { createLogger } from './log.js';
 import { createMetrics } from './metrics.js';
-import { ROOT, createRuntime, packThreads, type Runtime } from './runtime.js';
+import { ROOT, createRuntime, type Runtime } from './runtime.js';
 import { onBuildOutcome, onBuildTimings } from './service/observers.js';
 import { probeStorageDirectory } from './storage/xattr-probe.js';
 
@@ -40,27 +41,7 @@ function isLoopback(host: string): boolean {
 /** Exit code of a configuration mistake, as documented in the README. */
 const CONFIG_EXIT = 2;
 
-/**
- * Sizes libuv's thread pool before anything uses it (the pool is created,
- * with the size then in UV_THREADPOOL_SIZE, on the first fs, zlib or dns
- * call): the packer's compressions run there and must leave room for file
- * reads. An operator's own UV_THREADPOOL_SIZE is kept. A bad value is
- * reported by loadConfig below.
- */
-function sizeThreadPool(env: Env): void {
-  if (env.UV_THREADPOOL_SIZE !== undefined) return;
-  let threads: number;
-  try {
-    threads = packThreads(parseConfig(env));
-  } catch {
-    return;
-  }
-  // The default pool of 4 stays for fs and dns on top of the compressions.
-  process.env.UV_THREADPOOL_SIZE = String(Math.min(1024, threads + 4));
-}
-
 export async function main(env: Env): Promise<void> {
-  sizeThreadPool(env);
   let config: Config;
   let runtime: Runtime;
   let users: Htpasswd | undefined;
@@ -110,6 +91,9 @@ export async function main(env: Env): Promise<void> {
     auth: authenticator(users, config.anonymous, runtime.now),
   });
 
+  const packThreads = runtime.packer.threads;
+  // What libuv read when it created the pool (dist/launch.cjs sets it first); 4 is its default.
+  const threadPool = Number(env.UV_THREADPOOL_SIZE ?? 4);
   const server = serve(
     {
       fetch: app.fetch,
@@ -119,11 +103,27 @@ export async function main(env: Env): Promise<void> {
     },
     (info) => {
       logger.info(
-        { host: info.address, port: info.port, tls: tls !== undefined, auth: users !== undefined, anonymous: config.anonymous, source: runtime.source.description, storage: config.storage.kind },
+        {
+          host: info.address,
+          port: info.port,
+          tls: tls !== undefined,
+          auth: users !== undefined,
+          anonymous: config.anonymous,
+          source: runtime.source.description,
+          storage: config.storage.kind,
+          packThreads,
+          threadPool,
+        },
         'listening',
       );
     },
   ) as Server;
+  if (threadPool < packThreads + 1) {
+    logger.warn(
+      { packThreads, threadPool },
+      'libuv thread pool too small for NIXERY_PACK_THREADS: file reads wait behind compressions (start dist/launch.cjs, which sizes it, or set UV_THREADPOOL_SIZE)',
+    );
+  }
   if (users !== undefined && tls === undefined && !isLoopback(config.host)) {
     logger.warn({ host: config.host }, 'htpasswd authentication without TLS: passwords cross the network in clear text (set NIXERY_TLS_CERT and NIXERY_TLS_KEY, or terminate TLS in front)');
   }

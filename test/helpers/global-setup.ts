@@ -1,6 +1,6 @@
 /**
  * Compiles the server once before the tests: end-to-end tests start
- * `node dist/main.js` as a real process, exactly as `npm start` does.
+ * `node dist/launch.cjs` as a real process, exactly as `npm start` does.
  */
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';

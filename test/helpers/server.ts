@@ -1,5 +1,5 @@
 /**
- * Starts the compiled server (`node dist/main.js`, as `npm start` does) on
+ * Starts the compiled server (`node dist/launch.cjs`, as `npm start` does) on
  * 127.0.0.1 and a free port chosen by the OS, waits until it listens, and
  * stops it by PID. Every server a test starts is stopped by that test.
  */
@@ -48,7 +48,7 @@ export async function startServer(opts: { env?: Record<string, string>; storageP
   // A storage directory made here is removed again by stop(); one passed in belongs to the test.
   const own = opts.storagePath === undefined ? await scratchDir('nixery-store-') : undefined;
   const storagePath = opts.storagePath ?? own!.path;
-  const child = spawn(process.execPath, [path.join(ROOT, 'dist/main.js')], {
+  const child = spawn(process.execPath, [path.join(ROOT, 'dist/launch.cjs')], {
     env: {
       PATH: process.env['PATH'] ?? '/usr/bin:/bin',
       NIX_CONFIG: 'substituters =',
@@ -120,7 +120,7 @@ export function waitForListening(child: ChildProcess, logs: string[] = [], timeo
  * 60 s if it does start after all.
  */
 export async function runUntilExit(env: Record<string, string>): Promise<{ code: number | null; stderr: string }> {
-  const child = spawn(process.execPath, [path.join(ROOT, 'dist/main.js')], {
+  const child = spawn(process.execPath, [path.join(ROOT, 'dist/launch.cjs')], {
     env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', ...env },
     stdio: ['ignore', 'ignore', 'pipe'],
   });

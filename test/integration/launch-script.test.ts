@@ -64,7 +64,7 @@ beforeAll(async () => {
   await mkdir(serverBin);
   await writeExecutable(
     path.join(serverBin, 'nixery'),
-    `#!${bashPath}\n${coreutils}/bin/env > "$NIXERY_TEST_ENV_DUMP"\nexec ${process.execPath} ${path.join(ROOT, 'dist/main.js')} "$@"\n`,
+    `#!${bashPath}\n${coreutils}/bin/env > "$NIXERY_TEST_ENV_DUMP"\nexec ${process.execPath} ${path.join(ROOT, 'dist/launch.cjs')} "$@"\n`,
   );
   const fakeBin = path.join(scratch, 'fake-bin');
   await mkdir(fakeBin);

@@ -172,7 +172,7 @@ describe('Nix packaging', () => {
     const argv = makeWrapperCall(p.nixery.args.installPhase);
     expect(argv[1]).toBe(`${p.pkgs.nodejs}/bin/node`);
     expect(argv[2]).toBe('$out/bin/nixery');
-    expect(argv[argv.indexOf('--add-flags') + 1]).toBe('$app/dist/main.js');
+    expect(argv[argv.indexOf('--add-flags') + 1]).toBe('$app/dist/launch.cjs');
     expect(p.nixery.args.installPhase).toMatch(/^app=\$out\/lib\/nixery-ts$/m);
     expect(p.nixery.args.installPhase).toMatch(/^cp -r dist node_modules package\.json web prepare-image \$app\/$/m);
     expect(p.nixery.args.installPhase).toMatch(/^npm prune --omit=dev/m);

@@ -1,0 +1,36 @@
+#!/usr/bin/env node
+/**
+ * The program to start (`node dist/launch.cjs`, `npm start`, the Nix
+ * wrapper): sizes libuv's thread pool, then runs the server.
+ *
+ * The packer compresses on the pool (NIXERY_PACK_THREADS at once, one per
+ * core by default) and file reads need threads of it too, so the pool gets
+ * threads + 4. Node creates the pool, with the size then in
+ * UV_THREADPOOL_SIZE, the first time anything uses it, and its ES module
+ * loader does so to read the entry module: set from dist/main.js the
+ * variable would come too late. This file is CommonJS, whose loader reads
+ * synchronously, so nothing has touched the pool when it runs.
+ *
+ * An operator's own UV_THREADPOOL_SIZE is kept. A NIXERY_PACK_THREADS that
+ * is not a whole number leaves the pool alone; the configuration check in
+ * main() then stops start-up naming it.
+ */
+import os = require('node:os');
+
+const MAX_THREADS = 256;
+
+if (process.env.UV_THREADPOOL_SIZE === undefined) {
+  const raw = (process.env.NIXERY_PACK_THREADS ?? '').trim();
+  const threads = raw === '' ? os.availableParallelism() : /^\d+$/.test(raw) ? Math.min(Math.max(Number(raw), 1), MAX_THREADS) : undefined;
+  if (threads !== undefined) process.env.UV_THREADPOOL_SIZE = String(threads + 4);
+}
+
+// A dynamic import stays an import in CommonJS output under NodeNext, so
+// the ES module server loads after the variable is set.
+import('./main.js').then(
+  (m: typeof import('./main.js')) => m.main(process.env),
+  (e: unknown) => {
+    process.stderr.write(`nixery-ts: cannot load the server: ${String(e)}\n`);
+    process.exit(1);
+  },
+);
