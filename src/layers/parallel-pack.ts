@@ -67,6 +67,8 @@ const LEVEL = 6;
  * not change the bytes.
  */
 const ZLIB_CHUNK = 256 * 1024;
+/** Inflating a cached member: one output buffer holds a whole piece, so one round trip. */
+const INFLATE_CHUNK = PIECE_SIZE + 1024;
 const END_OF_ARCHIVE = Buffer.alloc(1024);
 
 /**
@@ -244,7 +246,7 @@ export class ParallelPacker {
     const cached = key !== undefined ? this.cache?.get(key) : undefined;
     if (cached) {
       this.hits++;
-      for (const gz of cached.members) yield { pending: this.limit(async () => ({ raw: await gunzipAsync(gz, { chunkSize: ZLIB_CHUNK }), gz, fromCache: true })) };
+      for (const gz of cached.members) yield { pending: this.limit(async () => ({ raw: await gunzipAsync(gz, { chunkSize: INFLATE_CHUNK }), gz, fromCache: true })) };
       return;
     }
     if (key !== undefined) this.misses++;
