@@ -29,12 +29,29 @@
  * the bytes are not kept for a replay (a `chunkSize` would keep one chunk in
  * memory and let it resume, but the emulator cannot take chunked uploads), so
  * the write fails and the next pull builds the layer again. All
- * operations may be retried (IdempotencyStrategy.RetryAlways, no generation
- * preconditions): uploads target a fresh staging name, blobs are
- * content-addressed (a repeated copy writes the same bytes) and a record
- * write replaces the whole object. What still fails afterwards rejects with
- * a StorageError, before any record can point at the object. check() alone
+ * operations may be retried (IdempotencyStrategy.RetryAlways): uploads target
+ * a fresh staging name, blobs are content-addressed (a repeated copy writes
+ * the same bytes), a record write replaces the whole object, a mark sets a
+ * time, and the one conditional request, the collector's delete, answers
+ * false if a retry finds the object already gone (deleted by the lost first
+ * attempt: gone all the same). What still fails afterwards rejects with a
+ * StorageError, before any record can point at the object. check() alone
  * does not retry: it answers readiness at once, and is asked again.
+ *
+ * Garbage-collection primitives. Every blob carries custom metadata
+ * `nixery-used-at` (ms, the backend's clock), set by the write (in the
+ * rewrite into place) and by markBlobUsed (a metadata PATCH; 404: gone,
+ * false). Its version is `<generation>:<metageneration>`: a rewrite makes a
+ * new generation, a PATCH a new metageneration, both atomically on the
+ * server. deleteBlobIfUnchanged is a DELETE with ifGenerationMatch and
+ * ifMetagenerationMatch: GCS applies it only if neither changed, so a mark
+ * and a delete cannot cross (412 or 404: false). NOTE: the firebase-tools
+ * storage emulator the tests use ignores both preconditions (a stale DELETE
+ * succeeds), so there the atomicity is tested through a proxy that enforces
+ * them (test/integration/storage-gcs.test.ts). Records carry
+ * `nixery-written-at` the same way, and staging uploads `nixery-staged-at`
+ * (cleanStaging's age; objects without it, such as readiness probes, use
+ * timeCreated). Listings page through the bucket 1000 objects at a time.
  *
  * `apiEndpoint` (from STORAGE_EMULATOR_HOST, for tests and emulators) replaces
  * https://storage.googleapis.com for the API and for the URLs handed to
@@ -44,16 +61,20 @@ import { randomUUID } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { IdempotencyStrategy, Storage, type Bucket, type File, type StorageOptions } from '@google-cloud/storage';
+import { IdempotencyStrategy, Storage, type Bucket, type File, type FileMetadata, type GetFilesOptions, type StorageOptions } from '@google-cloud/storage';
 import { HashingStream, digestHex, sha256Digest, type Digest } from '../digest.js';
 import { StorageError } from '../errors.js';
 import {
   assertRecordKey,
+  isRecordKey,
   type BlobInfo,
   type ByteRange,
   type PersistResult,
+  type RecordEntry,
+  type RecordKind,
   type ServedBlob,
   type StorageBackend,
+  type StoredBlob,
 } from './backend.js';
 
 export type RetryOptions = NonNullable<StorageOptions['retryOptions']>;
@@ -66,7 +87,7 @@ export interface GcsStorageOptions {
   readonly signedUrlTtlSeconds: number;
   /** Instead of https://storage.googleapis.com (STORAGE_EMULATOR_HOST, for tests). */
   readonly apiEndpoint?: string | undefined;
-  /** Milliseconds since the epoch; the clock of signed URLs (tests pass their own). */
+  /** Milliseconds since the epoch; the clock of signed URLs, usedAt, updatedAt and staging ages (tests pass their own). */
   readonly now?: () => number;
   /** Overrides parts of RETRY_OPTIONS (tests). */
   readonly retryOptions?: RetryOptions;
@@ -88,6 +109,14 @@ const MAX_SIGNED_URL_TTL = 7 * 24 * 3600;
 const CHECK_TIMEOUT_MS = 10_000;
 // GCS bucket naming rules, loosely: lowercase letters, digits, - _ and dots.
 const BUCKET_NAME = /^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$/;
+/** Custom metadata (see the module comment): ms since the epoch, as a decimal string. */
+const USED_AT = 'nixery-used-at';
+const WRITTEN_AT = 'nixery-written-at';
+const STAGED_AT = 'nixery-staged-at';
+const BLOB_PREFIX = 'blobs/sha256/';
+const BLOB_HEX = /^[0-9a-f]{64}$/;
+/** Objects per listing request (the JSON API's maximum). */
+const LIST_PAGE = 1000;
 
 export class GcsStorage implements StorageBackend {
   readonly name = 'gcs';
@@ -134,10 +163,10 @@ export class GcsStorage implements StorageBackend {
   }
 
   private blobFile(digest: Digest): File {
-    return this.bucket.file(`blobs/sha256/${digestHex(digest)}`);
+    return this.bucket.file(`${BLOB_PREFIX}${digestHex(digest)}`);
   }
 
-  private recordFile(kind: 'manifests' | 'layers', key: string): File {
+  private recordFile(kind: RecordKind, key: string): File {
     assertRecordKey(key);
     return this.bucket.file(`records/${kind}/${key}`);
   }
@@ -154,6 +183,7 @@ export class GcsStorage implements StorageBackend {
       contentType: mediaType,
       gzip: false,
       validation: 'crc32c',
+      metadata: { metadata: { [STAGED_AT]: this.clock() } },
     });
     // Which side failed first: the upload (the error then travels to the
     // writer through `out`) or the writer (destroying `out` with its error
@@ -175,7 +205,7 @@ export class GcsStorage implements StorageBackend {
     try {
       const [value] = await Promise.all([written, done]);
       const { digest, size } = hasher.result();
-      await staging.copy(this.blobFile(digest), { contentType: mediaType });
+      await staging.copy(this.blobFile(digest), { contentType: mediaType, metadata: { [USED_AT]: this.clock() } });
       await this.removeStaging(staging);
       return { digest, size, value };
     } catch (e) {
@@ -193,8 +223,11 @@ export class GcsStorage implements StorageBackend {
 
   async putBlob(mediaType: string, bytes: Buffer): Promise<Digest> {
     const digest = sha256Digest(bytes);
-    if ((await this.statBlob(digest))?.mediaType === mediaType) return digest;
-    await this.putSmall(this.blobFile(digest), bytes, mediaType, `writing blob ${digest}`);
+    // Already there: marked rather than rewritten (see backend.ts). The
+    // PATCH answers with the metadata, so this costs no more than a stat.
+    const md = await this.touch(digest);
+    if (md !== undefined && (md.contentType ?? 'application/octet-stream') === mediaType) return digest;
+    await this.putSmall(this.blobFile(digest), bytes, mediaType, `writing blob ${digest}`, { [USED_AT]: this.clock() });
     return digest;
   }
 
@@ -247,12 +280,54 @@ export class GcsStorage implements StorageBackend {
     }
   }
 
-  async putRecord(kind: 'manifests' | 'layers', key: string, bytes: Buffer): Promise<void> {
-    const target = this.recordFile(kind, key);
-    await this.putSmall(target, bytes, 'application/json', `writing record ${kind}/${key}`);
+  async *listBlobs(): AsyncIterable<StoredBlob> {
+    for await (const md of this.listObjects(BLOB_PREFIX)) {
+      const hex = (md.name ?? '').slice(BLOB_PREFIX.length);
+      if (!BLOB_HEX.test(hex)) continue;
+      yield {
+        digest: `sha256:${hex}`,
+        size: Number(md.size),
+        usedAt: msFrom(md.metadata?.[USED_AT]) ?? msFrom(md.timeCreated) ?? 0,
+        // One object resource: the version and usedAt always belong together.
+        version: `${md.generation}:${md.metageneration}`,
+      };
+    }
   }
 
-  async getRecord(kind: 'manifests' | 'layers', key: string): Promise<Buffer | undefined> {
+  async markBlobUsed(digest: Digest): Promise<boolean> {
+    return (await this.touch(digest)) !== undefined;
+  }
+
+  /** The mark: a metadata PATCH (new metageneration); its answer, or undefined when the blob is absent. */
+  private async touch(digest: Digest): Promise<FileMetadata | undefined> {
+    try {
+      const [md] = await this.blobFile(digest).setMetadata({ metadata: { [USED_AT]: this.clock() } });
+      return md;
+    } catch (e) {
+      if (isNotFound(e)) return undefined;
+      throw this.wrap(`marking blob ${digest} used`, e);
+    }
+  }
+
+  async deleteBlobIfUnchanged(digest: Digest, version: string): Promise<boolean> {
+    const m = /^(\d+):(\d+)$/.exec(version);
+    // Not a version this backend lists: it cannot be the blob's.
+    if (m === null) return false;
+    try {
+      await this.blobFile(digest).delete({ ifGenerationMatch: m[1]!, ifMetagenerationMatch: m[2]! });
+      return true;
+    } catch (e) {
+      if (isNotFound(e) || (e as { code?: unknown })?.code === 412) return false;
+      throw this.wrap(`deleting blob ${digest}`, e);
+    }
+  }
+
+  async putRecord(kind: RecordKind, key: string, bytes: Buffer): Promise<void> {
+    const target = this.recordFile(kind, key);
+    await this.putSmall(target, bytes, 'application/json', `writing record ${kind}/${key}`, { [WRITTEN_AT]: this.clock() });
+  }
+
+  async getRecord(kind: RecordKind, key: string): Promise<Buffer | undefined> {
     const file = this.recordFile(kind, key);
     try {
       const [bytes] = await file.download();
@@ -261,6 +336,62 @@ export class GcsStorage implements StorageBackend {
       if (isNotFound(e)) return undefined;
       throw this.wrap(`reading record ${kind}/${key}`, e);
     }
+  }
+
+  async *listRecords(kind: RecordKind): AsyncIterable<RecordEntry> {
+    const prefix = `records/${kind}/`;
+    for await (const md of this.listObjects(prefix)) {
+      const key = (md.name ?? '').slice(prefix.length);
+      if (!isRecordKey(key)) continue;
+      yield { key, updatedAt: msFrom(md.metadata?.[WRITTEN_AT]) ?? msFrom(md.updated) ?? 0 };
+    }
+  }
+
+  async deleteRecord(kind: RecordKind, key: string): Promise<void> {
+    const file = this.recordFile(kind, key);
+    try {
+      await file.delete({ ignoreNotFound: true });
+    } catch (e) {
+      throw this.wrap(`deleting record ${kind}/${key}`, e);
+    }
+  }
+
+  /** Deletes staging objects older than the limit (by nixery-staged-at, else timeCreated). */
+  async cleanStaging(olderThanMs: number): Promise<number> {
+    const now = this.now();
+    let removed = 0;
+    for await (const md of this.listObjects('staging/')) {
+      const since = msFrom(md.metadata?.[STAGED_AT]) ?? msFrom(md.timeCreated);
+      if (md.name === undefined || since === undefined || now - since <= olderThanMs) continue;
+      try {
+        await this.bucket.file(md.name).delete();
+        removed++;
+      } catch (e) {
+        if (!isNotFound(e)) throw this.wrap(`cleaning staging object ${md.name}`, e);
+      }
+    }
+    return removed;
+  }
+
+  /** The metadata of every object under `prefix`, a page at a time. */
+  private async *listObjects(prefix: string): AsyncIterable<FileMetadata> {
+    let query: GetFilesOptions | undefined = { prefix, autoPaginate: false, maxResults: LIST_PAGE };
+    while (query !== undefined) {
+      let files: File[];
+      let next: Partial<GetFilesOptions> | undefined;
+      try {
+        [files, next] = await this.bucket.getFiles(query);
+      } catch (e) {
+        throw this.wrap(`listing ${prefix}`, e);
+      }
+      for (const f of files) yield f.metadata;
+      query = next?.pageToken ? { prefix, autoPaginate: false, maxResults: LIST_PAGE, pageToken: next.pageToken } : undefined;
+    }
+  }
+
+  /** The clock as GCS custom metadata wants it: a string. */
+  private clock(): string {
+    return String(Math.round(this.now()));
   }
 
   /**
@@ -311,12 +442,18 @@ export class GcsStorage implements StorageBackend {
     return explainGcsError(e, { bucket: this.bucketName, endpoint: this.endpoint, doing });
   }
 
-  /** Uploads bytes to staging in one request and copies them into place. */
-  private async putSmall(target: File, bytes: Buffer, contentType: string, what: string): Promise<void> {
+  /** Uploads bytes to staging in one request and copies them into place with `metadata` (custom metadata). */
+  private async putSmall(target: File, bytes: Buffer, contentType: string, what: string, metadata: Record<string, string>): Promise<void> {
     const staging = this.stagingFile();
     try {
-      await staging.save(bytes, { resumable: false, contentType, gzip: false, validation: 'crc32c' });
-      await staging.copy(target, { contentType });
+      await staging.save(bytes, {
+        resumable: false,
+        contentType,
+        gzip: false,
+        validation: 'crc32c',
+        metadata: { metadata: { [STAGED_AT]: this.clock() } },
+      });
+      await staging.copy(target, { contentType, metadata });
     } catch (e) {
       await this.removeStaging(staging);
       throw this.wrap(what, e);
@@ -340,6 +477,14 @@ export class GcsStorage implements StorageBackend {
 
 function isNotFound(e: unknown): boolean {
   return (e as { code?: unknown })?.code === 404;
+}
+
+/** Milliseconds from custom metadata (a decimal string) or an RFC 3339 time; undefined when neither. */
+function msFrom(v: unknown): number | undefined {
+  if (typeof v === 'number') return Number.isFinite(v) ? v : undefined;
+  if (typeof v !== 'string' || v === '') return undefined;
+  const n = /^\d+$/.test(v) ? Number(v) : Date.parse(v);
+  return Number.isFinite(n) ? n : undefined;
 }
 
 const CONNECTION_CODES = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE']);

@@ -4,26 +4,38 @@
  * What the emulator cannot show (a missing bucket: it creates buckets on
  * first use; 401/403: it checks no credentials) is covered by the error
  * explanations at the end.
+ *
+ * The emulator ignores ifGenerationMatch and ifMetagenerationMatch on DELETE
+ * (shown below), which the collector's conditional delete relies on. So the
+ * contract runs twice: against the bare emulator, where the tests that need
+ * the preconditions are expected to fail and say so, and through a small
+ * proxy that applies GCS's precondition semantics in front of the emulator.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { ApiError } from '@google-cloud/storage';
+import { ApiError, Storage } from '@google-cloud/storage';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sha256Digest } from '../../src/digest.js';
 import { StorageError } from '../../src/errors.js';
+import type { StorageBackend } from '../../src/storage/backend.js';
 import { GcsStorage, explainGcsError } from '../../src/storage/gcs.js';
 import { startGcsEmulator, type GcsEmulator } from '../helpers/gcs-emulator.js';
 import { storageContract } from '../helpers/storage-contract.js';
 
 let emu: GcsEmulator;
+let proxy: PreconditionProxy;
 beforeAll(async () => {
   emu = await startGcsEmulator();
+  proxy = await startPreconditionProxy(emu.url);
 });
 afterAll(async () => {
+  await proxy?.stop();
   await emu?.stop();
 });
 
@@ -33,13 +45,144 @@ function freshBucket(): string {
   return `nixery-test-${process.pid}-${++buckets}`;
 }
 
-storageContract('gcs', () => GcsStorage.open({ bucket: freshBucket(), signedUrlTtlSeconds: 300, apiEndpoint: emu.url }));
+const bucketOf = new WeakMap<StorageBackend, string>();
+async function contractBackend(now: () => number, endpoint: string): Promise<GcsStorage> {
+  const bucket = freshBucket();
+  const s = await GcsStorage.open({ bucket, signedUrlTtlSeconds: 300, apiEndpoint: endpoint, now });
+  bucketOf.set(s, bucket);
+  return s;
+}
+
+/**
+ * A staging object as a process killed between its upload and the copy into
+ * place leaves it (an upload in progress is no object yet), written with the
+ * SDK directly.
+ */
+async function strandStaging(s: StorageBackend, at: number): Promise<void> {
+  const bucket = new Storage({ apiEndpoint: emu.url }).bucket(bucketOf.get(s)!);
+  await bucket.file(`staging/${randomUUID()}`).save(Buffer.from('half a layer'), {
+    resumable: false,
+    gzip: false,
+    metadata: { metadata: { 'nixery-staged-at': String(at) } },
+  });
+}
+
+storageContract('gcs, bare emulator', (now) => contractBackend(now, emu.url), {
+  strandStaging,
+  deletePreconditionsIgnored: 'the emulator ignores ifGenerationMatch/ifMetagenerationMatch on DELETE; see the proxy run',
+});
+storageContract('gcs, emulator behind a proxy applying GCS delete preconditions', (now) => contractBackend(now, proxy.url), {
+  strandStaging,
+});
+
+interface PreconditionProxy {
+  readonly url: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * GCS's conditional delete in front of the emulator, which ignores it: a
+ * DELETE carrying ifGenerationMatch / ifMetagenerationMatch gets 412
+ * conditionNotMet unless the object's generation and metageneration are
+ * those, as on GCS. Requests that change an object (PATCH, DELETE, a
+ * rewriteTo it) run one at a time per object, so the check and the delete
+ * are atomic against a mark, as GCS guarantees. Everything else is passed
+ * through as it is. The backend sends its requests here unchanged, so the
+ * runs through it test what it sends and how it reads the answers.
+ */
+async function startPreconditionProxy(upstream: string): Promise<PreconditionProxy> {
+  const up = new URL(upstream);
+  const queues = new Map<string, Promise<unknown>>();
+  const oneAtATime = (key: string, fn: () => Promise<void>): void => {
+    const run = (queues.get(key) ?? Promise.resolve()).then(fn, fn);
+    const settled = run.catch(() => undefined);
+    queues.set(key, settled);
+    void settled.then(() => {
+      if (queues.get(key) === settled) queues.delete(key);
+    });
+  };
+  // Resolves once the upstream answer has been passed on.
+  const forward = (req: http.IncomingMessage, res: http.ServerResponse, body?: Buffer): Promise<void> =>
+    new Promise<void>((resolve) => {
+      const out = http.request(
+        { host: up.hostname, port: up.port, method: req.method, path: req.url, headers: req.headers },
+        (answer) => {
+          res.writeHead(answer.statusCode ?? 502, answer.headers);
+          answer.pipe(res);
+          answer.on('end', resolve);
+          answer.on('error', () => resolve());
+        },
+      );
+      out.on('error', () => {
+        res.destroy();
+        resolve();
+      });
+      if (body === undefined) req.pipe(out);
+      else out.end(body);
+    });
+  const readBody = async (req: http.IncomingMessage): Promise<Buffer> => {
+    const chunks: Buffer[] = [];
+    for await (const c of req) chunks.push(c as Buffer);
+    return Buffer.concat(chunks);
+  };
+  const server = http.createServer((req, res) => {
+    const url = new URL(req.url ?? '/', 'http://proxy');
+    const object = /^\/(?:storage\/v1\/)?b\/([^/]+)\/o\/([^/]+)$/.exec(url.pathname);
+    const rewrite = /^\/(?:storage\/v1\/)?b\/[^/]+\/o\/[^/]+\/(?:rewriteTo|copyTo)\/b\/([^/]+)\/o\/([^/]+)$/.exec(url.pathname);
+    const target = req.method === 'POST' ? rewrite : req.method === 'PATCH' || req.method === 'DELETE' ? object : null;
+    if (target === null) {
+      void forward(req, res);
+      return;
+    }
+    const [, bucket, encodedName] = target as unknown as [string, string, string];
+    oneAtATime(`${bucket}/${decodeURIComponent(encodedName)}`, async () => {
+      const body = await readBody(req);
+      const ifGen = url.searchParams.get('ifGenerationMatch');
+      const ifMeta = url.searchParams.get('ifMetagenerationMatch');
+      if (req.method === 'DELETE' && (ifGen !== null || ifMeta !== null)) {
+        const now = await fetch(`${upstream}/storage/v1/b/${bucket}/o/${encodedName}`);
+        if (now.status === 200) {
+          const md = (await now.json()) as { generation: string; metageneration: string };
+          if ((ifGen !== null && ifGen !== String(md.generation)) || (ifMeta !== null && ifMeta !== String(md.metageneration))) {
+            res.writeHead(412, { 'Content-Type': 'application/json' });
+            res.end(
+              JSON.stringify({
+                error: {
+                  code: 412,
+                  message: 'At least one of the pre-conditions you specified did not hold.',
+                  errors: [{ reason: 'conditionNotMet', message: 'At least one of the pre-conditions you specified did not hold.' }],
+                },
+              }),
+            );
+            return;
+          }
+        } else {
+          await now.arrayBuffer();
+        }
+      }
+      await forward(req, res, body);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    stop: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
 
 interface ObjectResource {
   name: string;
   size: string;
   contentType?: string;
   contentEncoding?: string;
+  generation: string;
+  metageneration: string;
+  timeCreated: string;
+  metadata?: Record<string, string>;
 }
 
 /** The bucket as the JSON API shows it, read with plain fetch (not the code under test). */
@@ -75,6 +218,83 @@ function writeChunks(bytes: Buffer, chunk = 64 * 1024) {
 }
 
 describe('gcs storage specifics', () => {
+  it('the emulator IGNORES delete preconditions (GCS answers 412): a DELETE with a stale ifMetagenerationMatch or ifGenerationMatch deletes', async () => {
+    const bucket = freshBucket();
+    const sdk = new Storage({ apiEndpoint: emu.url }).bucket(bucket);
+    const api = `${emu.url}/storage/v1/b/${bucket}/o`;
+    for (const stale of ['metageneration', 'generation'] as const) {
+      const name = `blobs/sha256/${stale}`;
+      await sdk.file(name).save(Buffer.from('x'), { resumable: false, gzip: false });
+      const md = await getObject(emu.url, bucket, name);
+      // A metadata PATCH: metageneration 1 -> 2 (the emulator does count it).
+      const patched = await fetch(`${api}/${encodeURIComponent(name)}`, {
+        method: 'PATCH',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ metadata: { 'nixery-used-at': '1' } }),
+      });
+      expect(((await patched.json()) as { metageneration: string }).metageneration).toBe('2');
+      const query =
+        stale === 'metageneration'
+          ? `ifGenerationMatch=${md.generation}&ifMetagenerationMatch=1`
+          : `ifGenerationMatch=${Number(md.generation) - 1}&ifMetagenerationMatch=2`;
+      const res = await fetch(`${api}/${encodeURIComponent(name)}?${query}`, { method: 'DELETE' });
+      expect(res.status).toBe(204); // GCS: 412
+      expect((await fetch(`${api}/${encodeURIComponent(name)}`)).status).toBe(404);
+    }
+  });
+
+  it('the precondition proxy answers a stale conditional delete 412 and lets a current one through', async () => {
+    const bucket = freshBucket();
+    const s = await GcsStorage.open({ bucket, signedUrlTtlSeconds: 300, apiEndpoint: proxy.url });
+    const d = await s.putBlob('application/octet-stream', Buffer.from('behind the proxy'));
+    const md = await getObject(emu.url, bucket, `blobs/sha256/${d.slice(7)}`);
+    const api = `${proxy.url}/storage/v1/b/${bucket}/o/${encodeURIComponent(`blobs/sha256/${d.slice(7)}`)}`;
+    expect((await fetch(`${api}?ifGenerationMatch=${md.generation}&ifMetagenerationMatch=${Number(md.metageneration) + 1}`, { method: 'DELETE' })).status).toBe(412);
+    expect(await s.statBlob(d)).toBeDefined();
+    expect((await fetch(`${api}?ifGenerationMatch=${md.generation}&ifMetagenerationMatch=${md.metageneration}`, { method: 'DELETE' })).status).toBe(204);
+    expect(await s.statBlob(d)).toBeUndefined();
+  });
+
+  it('keeps usedAt in nixery-used-at, versions as generation:metageneration, and lists past a page', async () => {
+    const bucket = freshBucket();
+    let now = 1_700_000_000_000;
+    const s = await GcsStorage.open({ bucket, signedUrlTtlSeconds: 300, apiEndpoint: emu.url, now: () => now });
+    const digests = new Set<string>();
+    // More than one page of 1000: written straight into blobs/ with the SDK, as an older nixery-ts would (no nixery-used-at).
+    const sdk = new Storage({ apiEndpoint: emu.url }).bucket(bucket);
+    for (let i = 0; i < 1005; i += 15) {
+      await Promise.all(
+        Array.from({ length: Math.min(15, 1005 - i) }, async (_, j) => {
+          const bytes = Buffer.from(`blob ${i + j}`);
+          const d = sha256Digest(bytes);
+          digests.add(d);
+          await sdk.file(`blobs/sha256/${d.slice(7)}`).save(bytes, { resumable: false, gzip: false });
+        }),
+      );
+    }
+    await sdk.file('blobs/sha256/not-a-digest').save(Buffer.from('?'), { resumable: false, gzip: false });
+    const ours = await s.putBlob('application/octet-stream', Buffer.from('ours'));
+    digests.add(ours);
+    const listed: { digest: string; usedAt: number; version: string }[] = [];
+    for await (const b of s.listBlobs()) listed.push(b);
+    expect(listed).toHaveLength(1006);
+    expect(new Set(listed.map((b) => b.digest))).toEqual(digests);
+    const mine = listed.find((b) => b.digest === ours)!;
+    const md = await getObject(emu.url, bucket, `blobs/sha256/${ours.slice(7)}`);
+    expect(mine.usedAt).toBe(1_700_000_000_000);
+    expect(md.metadata?.['nixery-used-at']).toBe('1700000000000');
+    expect(mine.version).toBe(`${md.generation}:${md.metageneration}`);
+    // Without nixery-used-at: timeCreated.
+    const old = listed.find((b) => b.digest !== ours)!;
+    const oldMd = await getObject(emu.url, bucket, `blobs/sha256/${old.digest.slice(7)}`);
+    expect(old.usedAt).toBe(Date.parse(oldMd.timeCreated));
+    now += 1000;
+    expect(await s.markBlobUsed(old.digest as `sha256:${string}`)).toBe(true);
+    const after = await getObject(emu.url, bucket, `blobs/sha256/${old.digest.slice(7)}`);
+    expect(after.metadata?.['nixery-used-at']).toBe('1700000001000');
+    expect(after.metageneration).toBe('2');
+  });
+
   it('stores a blob as blobs/sha256/<hex> with the media type as contentType, no content encoding, and no staging leftovers', async () => {
     const bucket = freshBucket();
     const s = await GcsStorage.open({ bucket, signedUrlTtlSeconds: 300, apiEndpoint: emu.url });
