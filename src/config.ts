@@ -67,6 +67,25 @@ export interface Config {
   readonly admission: AdmissionConfig;
   /** Layer packing: compressions at once (undefined: one per core) and the piece cache's size in bytes (0: off). */
   readonly pack: { readonly threads: number | undefined; readonly cacheBytes: number };
+  /** Garbage collection: retention (all optional) and the timings that keep it safe. */
+  readonly gc: GcConfig;
+}
+
+export interface GcConfig {
+  /** NIXERY_GC_INTERVAL: seconds between passes; undefined runs none (the `gc` command still can). */
+  readonly intervalSeconds: number | undefined;
+  /** NIXERY_GC_KEEP_DAYS: images not pulled for this long are dropped. */
+  readonly keepDays: number | undefined;
+  /** NIXERY_GC_MAX_BYTES: least recently pulled images are dropped while blobs exceed this. */
+  readonly maxBytes: number | undefined;
+  /** NIXERY_GC_GRACE: no blob used more recently is deleted. */
+  readonly graceSeconds: number;
+  /** NIXERY_GC_USAGE_FLUSH: seconds between writes of pull times to storage. */
+  readonly usageFlushSeconds: number;
+  /** NIXERY_GC_POLL: seconds between reads of the GC generation (a pass waits two of them before deleting). */
+  readonly pollSeconds: number;
+  /** NIXERY_NIX_GC_MIN_FREE as given; parsed where the store's filesystem is known. */
+  readonly nixMinFree: string | undefined;
 }
 
 export const ANONYMOUS_POLICIES = ['build', 'pull', 'none'] as const;
@@ -171,6 +190,24 @@ class Reader {
     const n = Number(m[1]) * 1024 ** ' kmgt'.indexOf((m[2] || ' ').toLowerCase());
     if (!Number.isSafeInteger(n)) {
       this.problem(name, `${JSON.stringify(raw)} is too large`);
+      return def;
+    }
+    return n;
+  }
+
+  /** A duration in seconds: a whole number, optionally with a unit ms, s, m, h or d. */
+  duration(name: string, def: number | undefined, min = 0): number | undefined {
+    const raw = this.str(name);
+    if (raw === undefined) return def;
+    const m = /^(\d+)\s*(ms|[smhd]?)$/i.exec(raw);
+    if (!m) {
+      this.problem(name, `${JSON.stringify(raw)} is not a duration (e.g. 90, 90s, 15m, 6h or 7d)`);
+      return def;
+    }
+    const unit = (m[2] ?? '').toLowerCase() as '' | 'ms' | 's' | 'm' | 'h' | 'd';
+    const n = Number(m[1]) * { '': 1, ms: 0.001, s: 1, m: 60, h: 3600, d: 86400 }[unit];
+    if (n < min) {
+      this.problem(name, `${JSON.stringify(raw)} is shorter than ${min} s`);
       return def;
     }
     return n;
@@ -323,6 +360,15 @@ export function parseConfig(env: Env): Config {
     pack: {
       threads: r.str('NIXERY_PACK_THREADS') === undefined ? undefined : r.int('NIXERY_PACK_THREADS', 1, 1, 256),
       cacheBytes: r.bytes('NIXERY_PACK_CACHE_BYTES', DEFAULT_PACK_CACHE_BYTES),
+    },
+    gc: {
+      intervalSeconds: r.duration('NIXERY_GC_INTERVAL', undefined, 0.1),
+      keepDays: r.str('NIXERY_GC_KEEP_DAYS') === undefined ? undefined : r.int('NIXERY_GC_KEEP_DAYS', 0, 0, 100_000),
+      maxBytes: r.str('NIXERY_GC_MAX_BYTES') === undefined ? undefined : r.bytes('NIXERY_GC_MAX_BYTES', 0),
+      graceSeconds: r.duration('NIXERY_GC_GRACE', 3600) as number,
+      usageFlushSeconds: r.duration('NIXERY_GC_USAGE_FLUSH', 30, 0.1) as number,
+      pollSeconds: r.duration('NIXERY_GC_POLL', 5, 0.1) as number,
+      nixMinFree: r.str('NIXERY_NIX_GC_MIN_FREE'),
     },
   };
   if (config.htpasswdFile !== undefined && config.storage?.kind === 'gcs' && config.storage.credentialsFile === undefined) {

@@ -25,12 +25,20 @@ if (process.env.UV_THREADPOOL_SIZE === undefined) {
   if (threads !== undefined) process.env.UV_THREADPOOL_SIZE = String(threads + 4);
 }
 
+const fail = (e: unknown) => {
+  process.stderr.write(`nixery-ts: ${String(e)}\n`);
+  process.exit(1);
+};
+
+// Subcommands: `serve` (also no argument, as Nixery deployments start it) and `gc`.
 // A dynamic import stays an import in CommonJS output under NodeNext, so
-// the ES module server loads after the variable is set.
-import('./main.js').then(
-  (m: typeof import('./main.js')) => m.main(process.env),
-  (e: unknown) => {
-    process.stderr.write(`nixery-ts: cannot load the server: ${String(e)}\n`);
-    process.exit(1);
-  },
-);
+// the ES modules load after the variable is set.
+const [command = 'serve', ...rest] = process.argv.slice(2);
+if (command === 'serve') {
+  import('./main.js').then((m: typeof import('./main.js')) => m.main(process.env), fail);
+} else if (command === 'gc') {
+  import('./cli/gc.js').then(async (m: typeof import('./cli/gc.js')) => process.exit(await m.gcCommand(rest, process.env)), fail);
+} else {
+  process.stderr.write(`nixery-ts: unknown command ${JSON.stringify(command)}\nusage: nixery-ts [serve] | nixery-ts gc [--dry-run] [--json]\n`);
+  process.exit(2);
+}

@@ -68,10 +68,12 @@ export async function main(env: Env): Promise<void> {
     process.exit(CONFIG_EXIT);
   }
 
+  await runtime.gc.start().catch((e: Error) => logger.warn({ err: e.message }, 'garbage collection not started: the GC generation could not be read'));
   const metrics = createMetrics({
     service: () => runtime.stats,
     nixRunning: () => runtime.nix.stats.running,
     pieceCache: () => runtime.packer.stats(),
+    gc: () => runtime.gc.stats,
   });
   onBuildOutcome(runtime.service, (outcome, seconds) => metrics.observeBuild(outcome, seconds));
   onBuildTimings(runtime.service, (timings) => metrics.observeBuildTimings(timings));
@@ -84,8 +86,21 @@ export async function main(env: Env): Promise<void> {
       webDir: config.webDir ?? path.join(ROOT, 'web'),
       source: runtime.source.description,
       recentErrors: () => runtime.recentErrors.list(),
+      storage: () => {
+        const { storageBytes, lastPass } = runtime.gc.stats;
+        return {
+          bytes: storageBytes,
+          intervalSeconds: config.gc.intervalSeconds,
+          lastPass: lastPass && {
+            at: new Date(lastPass.finishedAt).toISOString(),
+            imagesDropped: lastPass.images.length,
+            blobsDeleted: lastPass.blobs.count,
+            bytesDeleted: lastPass.blobs.bytes,
+          },
+        };
+      },
     },
-    stats: () => ({ ...runtime.stats, nix: { ...runtime.nix.stats } }),
+    stats: () => ({ ...runtime.stats, nix: { ...runtime.nix.stats }, gc: { ...runtime.gc.stats, lastPass: undefined } }),
     now: runtime.now,
     ops: { metrics, checks: { storage: () => runtime.storage.check(), nix: () => runtime.nix.check() } },
     auth: authenticator(users, config.anonymous, runtime.now),

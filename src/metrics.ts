@@ -5,6 +5,7 @@
  */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { PieceCacheStats } from './layers/parallel-pack.js';
+import type { GcStats } from './gc/collector.js';
 import type { BuildTimings } from './service/build.js';
 import type { ImageServiceStats } from './service/observers.js';
 
@@ -13,6 +14,8 @@ export interface MetricSources {
   nixRunning: () => number;
   /** The packer's piece cache, when there is one. */
   pieceCache?: () => PieceCacheStats;
+  /** Garbage collection's totals. */
+  gc?: () => GcStats;
 }
 
 export interface Metrics {
@@ -91,6 +94,24 @@ export function createMetrics(src: MetricSources): Metrics {
     });
     mirroredCounter(registry, 'nixery_pack_cache_hits_total', 'Store paths copied from the piece cache into a layer', () => pieces().hits);
     mirroredCounter(registry, 'nixery_pack_cache_misses_total', 'Store paths compressed because the piece cache did not hold them', () => pieces().misses);
+  }
+  if (src.gc) {
+    const gc = src.gc;
+    mirroredCounter(registry, 'nixery_gc_passes_total', 'Garbage-collection passes completed', () => gc().passes);
+    mirroredCounter(registry, 'nixery_gc_failures_total', 'Garbage-collection passes that failed', () => gc().failures);
+    mirroredCounter(registry, 'nixery_gc_images_dropped_total', 'Images (manifest records) dropped by retention', () => gc().imagesDropped);
+    mirroredCounter(registry, 'nixery_gc_blobs_deleted_total', 'Blobs deleted by garbage collection', () => gc().blobsDeleted);
+    mirroredCounter(registry, 'nixery_gc_blob_bytes_deleted_total', 'Blob bytes deleted by garbage collection', () => gc().bytesDeleted);
+    mirroredCounter(registry, 'nixery_gc_nix_store_bytes_freed_total', 'Bytes freed in the Nix store by its garbage collector', () => gc().nixBytesFreed);
+    new Gauge({
+      name: 'nixery_storage_blob_bytes',
+      help: 'Blob bytes in storage, as the last garbage-collection pass left them (absent before the first pass)',
+      registers: [registry],
+      collect() {
+        const b = gc().storageBytes;
+        if (b !== undefined) this.set(b);
+      },
+    });
   }
   const bytesServed = new Counter({
     name: 'nixery_blob_bytes_served_total',

@@ -16,6 +16,7 @@ import { storePathSegments, symlinkLayerEntries } from './layers/walk.js';
 import type { Logger } from './log.js';
 import { ExecaNixRunner, type NixRunner, type NixRunnerStats } from './nix/runner.js';
 import { ChannelSource, GitSource, PathSource, type PackageSourceResolver } from './nix/sources.js';
+import { GarbageCollector } from './gc/collector.js';
 import { ImageService } from './service/image-service.js';
 import { collectStats, recordFailures, type ImageServiceStats } from './service/observers.js';
 import type { LayerReader } from './service/platform-build.js';
@@ -51,6 +52,8 @@ export interface Runtime {
   readonly recentErrors: RecentErrors;
   /** Packs layers; its piece cache's figures are in `packer.stats()`. */
   readonly packer: ParallelPacker;
+  /** Pull times, the GC generation, and passes when NIXERY_GC_INTERVAL is set (started by `startGc`). */
+  readonly gc: GarbageCollector;
   readonly now: () => number;
   /** Aborts running builds (their Nix processes are stopped); new builds fail at once. */
   abortBuilds(reason: string): void;
@@ -93,6 +96,12 @@ export async function createRuntime(config: Config, log: Logger, adapters: Runti
     shutdown: shutdown.signal,
     now,
   });
+  const gc = new GarbageCollector({ storage, now, config: config.gc, log, forgetCaches: () => service.forgetCaches() });
+  service.subscribe((e) => {
+    if (e.type !== 'pulled') return;
+    if (e.key !== undefined) gc.usage.note(e.key);
+    if (e.digest !== undefined) gc.usage.note(e.digest.slice('sha256:'.length));
+  });
   const stats = collectStats(service);
   const recentErrors = new RecentErrors();
   recordFailures(service, recentErrors, now);
@@ -105,12 +114,14 @@ export async function createRuntime(config: Config, log: Logger, adapters: Runti
     stats,
     recentErrors,
     packer,
+    gc,
     now,
     abortBuilds(reason) {
       shutdown.abort(new Error(reason));
     },
     async close() {
       shutdown.abort(new Error('shutting down'));
+      await gc.stop();
       await nix.close();
       await (source as { close?: () => unknown }).close?.();
     },

@@ -24,7 +24,7 @@ import type { ByteRange, StorageBackend } from '../storage/backend.js';
 import { authenticator, requireIdentity, softIdentity, type Authenticator, type AuthVariables } from './auth.js';
 import { errorBody, toRegistryError } from './errcode.js';
 import { registerOps, routeOf, type OpsDeps } from './ops.js';
-import { registerStartPage, type RunningBuild } from './web.js';
+import { registerStartPage, type RunningBuild, type StorageSummary } from './web.js';
 
 export interface AppDeps {
   readonly service: ImageService;
@@ -36,6 +36,8 @@ export interface AppDeps {
     readonly webDir: string;
     readonly source: string;
     readonly recentErrors: () => readonly RecentError[];
+    /** Storage in use and the last garbage-collection pass, when the server knows them. */
+    readonly storage?: () => StorageSummary;
   };
   /** Counters for operators and tests (/debug/stats). */
   readonly stats: () => unknown;
@@ -190,6 +192,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   registerStartPage(app, {
     webDir: deps.startPage.webDir,
     source: deps.startPage.source,
+    ...(deps.startPage.storage ? { storage: deps.startPage.storage } : {}),
     // Builds name packages: with NIXERY_ANONYMOUS=none only a logged-in viewer sees them.
     live: async (c) =>
       auth.policy === 'none' && (await softIdentity(auth, c))?.user === undefined

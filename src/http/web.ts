@@ -35,6 +35,28 @@ export interface StartPageDeps {
    * viewer may not see builds (anonymous, with NIXERY_ANONYMOUS=none).
    */
   readonly live: (c: Context) => Promise<{ running: readonly RunningBuild[]; recentErrors: readonly RecentError[] } | undefined>;
+  /** Storage in use and the last garbage-collection pass (figures only, no image names: shown to everyone). */
+  readonly storage?: () => StorageSummary;
+}
+
+export interface StorageSummary {
+  /** Blob bytes after the last pass; undefined before the first. */
+  readonly bytes: number | undefined;
+  /** Seconds between passes; undefined when no pass is scheduled. */
+  readonly intervalSeconds: number | undefined;
+  readonly lastPass: { readonly at: string; readonly imagesDropped: number; readonly blobsDeleted: number; readonly bytesDeleted: number } | undefined;
+}
+
+const mb = (bytes: number) => `${(bytes / 1e6).toFixed(1)} MB`;
+
+function storageSummary(s: StorageSummary | undefined): Html | Promise<Html> {
+  if (s === undefined) return html``;
+  const schedule =
+    s.intervalSeconds === undefined ? html`No garbage collection is scheduled.` : html`Garbage collection runs every ${s.intervalSeconds} s.`;
+  const last = s.lastPass
+    ? html` Last pass at <time>${s.lastPass.at}</time>: ${s.lastPass.imagesDropped} images dropped, ${s.lastPass.blobsDeleted} blobs deleted (${mb(s.lastPass.bytesDeleted)}); ${mb(s.bytes ?? 0)} of blobs in storage.`
+    : html` No pass has run yet.`;
+  return html`<p class="storage">${schedule}${last}</p>`;
 }
 
 type Html = ReturnType<typeof raw>;
@@ -83,6 +105,7 @@ export function registerStartPage<E extends Env>(app: Hono<E>, deps: StartPageDe
         SOURCE: deps.source,
         RUNNING: live ? runningList(live.running) : hidden,
         ERRORS: live ? errorList(live.recentErrors) : hidden,
+        STORAGE: storageSummary(deps.storage?.()),
       }),
     );
   }

@@ -29,7 +29,8 @@ import type { StorageBackend } from '../storage/backend.js';
 import { Admission, DEFAULT_ADMISSION, type AdmissionStats } from './admission.js';
 import { Build, buildTimings } from './build.js';
 import { PlatformBuilder, hashKey, type PlatformBuilderDeps } from './platform-build.js';
-import { decodeRecord, encodeRecord, type BlobRef, type BuiltImage } from './records.js';
+import { decodeRecord, encodeRecord, imageBlobs, type BlobRef, type BuiltImage, type PlatformImage } from './records.js';
+import { newLeaseId, protectBlobs, releaseLease } from '../gc/leases.js';
 
 export interface ImageServiceDeps extends Omit<PlatformBuilderDeps, 'packConcurrency'> {
   readonly source: PackageSourceResolver;
@@ -63,11 +64,15 @@ export type ServiceEvent =
   /** Admission refused to start a build. */
   | { readonly type: 'rejected'; readonly reason: RejectionReason }
   /** A request was answered with a failure remembered from an earlier build, without building. */
-  | { readonly type: 'remembered'; readonly image: string };
+  | { readonly type: 'remembered'; readonly image: string }
+  /** An image was pulled (by tag: its key; by digest: the manifest digest). Usage tracking listens. */
+  | { readonly type: 'pulled'; readonly key?: string; readonly digest?: Digest };
 
 export type ServiceListener = (event: ServiceEvent) => void;
 
 const MANIFEST_KEY_VERSION = 'image-v1';
+/** Attempts of a build whose blobs a garbage-collection pass keeps deleting. */
+const MAX_COLLECTED_RETRIES = 3;
 /**
  * Layers packed at once. Their pieces share the packer's compression
  * threads, so this only lets one layer's file reads overlap another's
@@ -115,6 +120,16 @@ export class ImageService {
     return [...this.builds.values()].filter((b) => b.queued);
   }
 
+  /**
+   * Forgets every image and manifest held in memory: a garbage-collection
+   * pass (here or on a replica) may have deleted what they point at. The
+   * next pull reads the records again, or rebuilds.
+   */
+  forgetCaches(): void {
+    this.cache.clear();
+    this.manifestBytes.clear();
+  }
+
   /** Admission's limits and its live counts (read-only). */
   get admission(): { readonly config: AdmissionConfig; stats(): AdmissionStats } {
     return this.limits;
@@ -145,7 +160,10 @@ export class ImageService {
     }
     const cached = await this.cachedImage(key);
     this.emit({ type: 'lookup', hit: cached !== undefined });
-    if (cached) return cached;
+    if (cached) {
+      this.emit({ type: 'pulled', key });
+      return cached;
+    }
     if (!this.builds.has(key)) {
       // Joining a build someone else started is a pull; starting one is not.
       if (opts.mayBuild === false) {
@@ -155,7 +173,9 @@ export class ImageService {
       // elsewhere (a replica sharing the bucket) or before a lower limit is still pulled.
       this.refuse('too_many_packages', () => this.limits.checkSize(spec));
     }
-    return this.startOrJoin(spec, key, resolved).result;
+    const built = await this.startOrJoin(spec, key, resolved).result;
+    this.emit({ type: 'pulled', key });
+    return built;
   }
 
   /**
@@ -227,6 +247,7 @@ export class ImageService {
     const info = await this.deps.storage.statBlob(digest);
     const bytes = info !== undefined && isManifestType(info.mediaType) ? await this.deps.storage.readBlob(digest) : undefined;
     if (info === undefined || bytes === undefined) throw new ManifestNotFoundError(digest, 'no manifest with this digest was built here');
+    this.emit({ type: 'pulled', digest });
     return { bytes, digest, mediaType: info.mediaType };
   }
 
@@ -264,20 +285,49 @@ export class ImageService {
     return image;
   }
 
+  /**
+   * One attempt: the platform image, manifests, then the record, written
+   * only over blobs protected by a lease and marked used (gc/leases.ts).
+   * Undefined when a blob was collected meanwhile.
+   */
+  private async buildOnce(build: Build, spec: ImageSpec, key: string, resolved: ResolvedSource): Promise<BuiltImage | undefined> {
+    const { storage, now } = this.deps;
+    const platform = await this.builder.build(build, spec.packages, spec.arch, resolved, this.deps.shutdown);
+    const manifests = {} as Record<ManifestMediaType, BlobRef>;
+    const assembled = assembleManifests(platform.config, platform.layers);
+    for (const type of MANIFEST_TYPES) {
+      const m = assembled[type];
+      await storage.putBlob(type, m.bytes);
+      manifests[type] = { digest: m.digest as Digest, size: m.size };
+    }
+    const image: BuiltImage = { revision: resolved.revision, packages: spec.packages, system: spec.arch.nixSystem, platforms: [platform], manifests };
+    const lease = newLeaseId();
+    try {
+      const missing = await protectBlobs(storage, lease, imageBlobs(image), now());
+      if (missing.length > 0) return undefined;
+      // Persisted before the answer: clients fetch by digest right after.
+      await storage.putRecord('manifests', key, encodeRecord(image));
+    } finally {
+      await releaseLease(storage, lease).catch(() => undefined);
+    }
+    return image;
+  }
+
   private async run(build: Build, spec: ImageSpec, key: string, resolved: ResolvedSource): Promise<BuiltImage> {
     const { storage, log, now } = this.deps;
     try {
-      const platform = await this.builder.build(build, spec.packages, spec.arch, resolved, this.deps.shutdown);
-      const manifests = {} as Record<ManifestMediaType, BlobRef>;
-      const assembled = assembleManifests(platform.config, platform.layers);
-      for (const type of MANIFEST_TYPES) {
-        const m = assembled[type];
-        await storage.putBlob(type, m.bytes);
-        manifests[type] = { digest: m.digest as Digest, size: m.size };
+      let image: BuiltImage | undefined;
+      for (let attempt = 1; image === undefined; attempt++) {
+        image = await this.buildOnce(build, spec, key, resolved);
+        if (image === undefined) {
+          // A garbage-collection pass deleted a blob this build was about to
+          // reference (and the layer record naming it): build again, which
+          // packs it anew. Only with a grace period shorter than a build.
+          if (attempt === MAX_COLLECTED_RETRIES) throw new Error(`${build.image}: blobs were garbage-collected during the build ${attempt} times`);
+          log.warn({ image: build.image, attempt }, 'blobs collected during the build; building again');
+        }
       }
-      const image: BuiltImage = { revision: resolved.revision, packages: spec.packages, system: spec.arch.nixSystem, platforms: [platform], manifests };
-      // Persisted before the answer: clients fetch by digest right after.
-      await storage.putRecord('manifests', key, encodeRecord(image));
+      const platform = image.platforms[0] as PlatformImage;
       this.cache.set(key, image);
       const t = buildTimings(build.events(), now());
       log.info(

@@ -65,7 +65,7 @@ export function collectStats(service: ImageService): ImageServiceStats {
       else stats.rejectedTooManyPackages++;
     } else if (e.type === 'remembered') {
       stats.rememberedFailures++;
-    } else {
+    } else if (e.type === 'build') {
       stats.builds++;
       e.build.subscribe((b) => {
         if (b.type === 'layer') {

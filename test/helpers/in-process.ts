@@ -73,12 +73,14 @@ export async function inProcessRegistry(
     webDir?: string;
     /** An htpasswd file: the app then authenticates with the policy of env.NIXERY_ANONYMOUS. */
     htpasswd?: string;
+    /** Storage shared with another registry (two replicas on one bucket); a fresh one by default. */
+    storage?: MemoryStorage;
   } = {},
 ): Promise<InProcessRegistry> {
   const root = await mkdtemp(path.join(tmpdir(), 'nixery-fake-store-'));
   const nix = new FakeNixRunner(root, opts.packages ?? FAKE_PACKAGES);
   await nix.layOut();
-  const storage = new MemoryStorage();
+  const storage = opts.storage ?? new MemoryStorage(opts.now ? { now: opts.now } : {});
   const log = opts.log ?? silentLogger();
   const source = opts.source ?? stubSource();
   // The configuration a server would have; its package path and storage are replaced below.

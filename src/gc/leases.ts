@@ -1,0 +1,75 @@
+/**
+ * How a build keeps a collector from deleting what it is about to reference.
+ *
+ * A build that has every blob of its image (reused layers, new layers, the
+ * config, both manifests) first writes a lease naming them
+ * (records/leases/<id>), then marks each blob used
+ * (`markBlobUsed`, atomic against `deleteBlobIfUnchanged`), and only then
+ * writes the manifest record; the lease is removed after the record is
+ * written. A blob whose mark fails was deleted by a pass meanwhile: the
+ * build starts again (the pass removed the layer records of what it
+ * deleted, so the layers are packed anew).
+ *
+ * A pass lists blobs (with their versions), then reads leases, then reads
+ * manifest records, and deletes a blob only if no lease and no record names
+ * it, with the version it listed. Why no interleaving loses a blob:
+ *
+ * - Lease written before the pass read leases: the pass skips the blob.
+ * - Lease written after the pass read leases: the build's mark comes later
+ *   still, so after the pass listed the blob's version. If the mark lands
+ *   before the delete, the version changed and the delete fails; if the
+ *   delete lands first, the mark fails and the build writes the blob again.
+ *   Either way the record is written only over blobs that exist.
+ * - Record written and lease removed: a pass that missed the lease (read
+ *   leases after it was removed) reads records later still, so it sees the
+ *   record (leases are read before records for exactly this reason).
+ *
+ * A lease left by a crashed build is ignored (and removed) after a day.
+ */
+import { randomBytes } from 'node:crypto';
+import type { Digest } from '../digest.js';
+import type { StorageBackend } from '../storage/backend.js';
+
+/** A lease older than this belongs to a build that died: no build runs for a day. */
+export const LEASE_MAX_MS = 24 * 3600 * 1000;
+
+interface LeaseRecord {
+  readonly at: number;
+  readonly digests: readonly string[];
+}
+
+export function newLeaseId(): string {
+  return randomBytes(16).toString('hex');
+}
+
+/** Writes the lease, then marks every blob used; returns the digests that no longer exist. */
+export async function protectBlobs(storage: StorageBackend, id: string, digests: readonly Digest[], now: number): Promise<Digest[]> {
+  await storage.putRecord('leases', id, Buffer.from(JSON.stringify({ at: now, digests } satisfies LeaseRecord)));
+  const missing: Digest[] = [];
+  for (const d of digests) if (!(await storage.markBlobUsed(d))) missing.push(d);
+  return missing;
+}
+
+export async function releaseLease(storage: StorageBackend, id: string): Promise<void> {
+  await storage.deleteRecord('leases', id);
+}
+
+/** Digests held by live leases; leases older than LEASE_MAX_MS are listed as stale. */
+export async function readLeases(storage: StorageBackend, now: number): Promise<{ held: Set<string>; stale: string[] }> {
+  const held = new Set<string>();
+  const stale: string[] = [];
+  for await (const { key } of storage.listRecords('leases')) {
+    const raw = await storage.getRecord('leases', key);
+    if (raw === undefined) continue;
+    let lease: LeaseRecord;
+    try {
+      lease = JSON.parse(raw.toString()) as LeaseRecord;
+    } catch {
+      stale.push(key);
+      continue;
+    }
+    if (now - lease.at > LEASE_MAX_MS) stale.push(key);
+    else for (const d of lease.digests) held.add(d);
+  }
+  return { held, stale };
+}
