@@ -7,6 +7,7 @@
  * directory support user xattrs?) are passed in as probes to `loadConfig`.
  */
 import { ConfigError } from './errors.js';
+import { parseMinFree, type MinFree } from './gc/nix-store.js';
 
 export type Env = Readonly<Record<string, string | undefined>>;
 
@@ -84,8 +85,8 @@ export interface GcConfig {
   readonly usageFlushSeconds: number;
   /** NIXERY_GC_POLL: seconds between reads of the GC generation (a pass waits two of them before deleting). */
   readonly pollSeconds: number;
-  /** NIXERY_NIX_GC_MIN_FREE as given; parsed where the store's filesystem is known. */
-  readonly nixMinFree: string | undefined;
+  /** NIXERY_NIX_GC_MIN_FREE: collect the Nix store when its filesystem has less free than this. */
+  readonly nixMinFree: MinFree | undefined;
 }
 
 export const ANONYMOUS_POLICIES = ['build', 'pull', 'none'] as const;
@@ -329,6 +330,17 @@ function parseAccess(r: Reader): Pick<Config, 'htpasswdFile' | 'anonymous' | 'tl
   return { htpasswdFile, anonymous, tls: certFile !== undefined && keyFile !== undefined ? { certFile, keyFile } : undefined };
 }
 
+function parseMinFreeVar(r: Reader): MinFree | undefined {
+  const raw = r.str('NIXERY_NIX_GC_MIN_FREE');
+  if (raw === undefined) return undefined;
+  try {
+    return parseMinFree(raw);
+  } catch (e) {
+    r.problem('NIXERY_NIX_GC_MIN_FREE', (e as Error).message);
+    return undefined;
+  }
+}
+
 export function parseConfig(env: Env): Config {
   const r = new Reader(env);
   const host = r.str('NIXERY_HOST') ?? '0.0.0.0';
@@ -368,7 +380,7 @@ export function parseConfig(env: Env): Config {
       graceSeconds: r.duration('NIXERY_GC_GRACE', 3600) as number,
       usageFlushSeconds: r.duration('NIXERY_GC_USAGE_FLUSH', 30, 0.1) as number,
       pollSeconds: r.duration('NIXERY_GC_POLL', 5, 0.1) as number,
-      nixMinFree: r.str('NIXERY_NIX_GC_MIN_FREE'),
+      nixMinFree: parseMinFreeVar(r),
     },
   };
   if (config.htpasswdFile !== undefined && config.storage?.kind === 'gcs' && config.storage.credentialsFile === undefined) {

@@ -17,9 +17,10 @@ import type { Logger } from './log.js';
 import { ExecaNixRunner, type NixRunner, type NixRunnerStats } from './nix/runner.js';
 import { ChannelSource, GitSource, PathSource, type PackageSourceResolver } from './nix/sources.js';
 import { GarbageCollector } from './gc/collector.js';
+import { collectIfLow, DEFAULT_GCROOTS_PARENT, GcRoots, shieldFromCollection } from './gc/nix-store.js';
 import { ImageService } from './service/image-service.js';
 import { collectStats, recordFailures, type ImageServiceStats } from './service/observers.js';
-import type { LayerReader } from './service/platform-build.js';
+import type { LayerReader, StoreRoots } from './service/platform-build.js';
 import { RecentErrors } from './service/recent-errors.js';
 import type { StorageBackend } from './storage/backend.js';
 import { FilesystemStorage } from './storage/filesystem.js';
@@ -81,6 +82,11 @@ export async function createRuntime(config: Config, log: Logger, adapters: Runti
       ...(config.nixConfig !== undefined ? { nixConfig: config.nixConfig } : {}),
     });
   const shutdown = new AbortController();
+  // The Nix environment of every Nix process the runtime starts (as the runner builds it).
+  const nixEnv: Record<string, string> = {};
+  const nixConf = [config.nixConfig, config.offline ? 'substituters =' : ''].filter(Boolean).join('\n');
+  if (nixConf) nixEnv.NIX_CONFIG = nixConf;
+  const roots = config.gc.nixMinFree === undefined ? undefined : await openRoots(nixEnv);
   const packer = new ParallelPacker({ threads: packThreads(config), cacheBytes: config.pack.cacheBytes });
   const service = new ImageService({
     nix,
@@ -93,10 +99,19 @@ export async function createRuntime(config: Config, log: Logger, adapters: Runti
     popularity,
     layerBudget: config.layerBudget,
     admission: config.admission,
+    ...(roots ? { roots: storeRoots(roots) } : {}),
     shutdown: shutdown.signal,
     now,
   });
-  const gc = new GarbageCollector({ storage, now, config: config.gc, log, forgetCaches: () => service.forgetCaches() });
+  const minFree = config.gc.nixMinFree;
+  const gc = new GarbageCollector({
+    storage,
+    now,
+    config: config.gc,
+    log,
+    forgetCaches: () => service.forgetCaches(),
+    ...(minFree !== undefined ? { nixStore: () => collectIfLow({ minFree, env: nixEnv, signal: shutdown.signal }) } : {}),
+  });
   service.subscribe((e) => {
     if (e.type !== 'pulled') return;
     if (e.key !== undefined) gc.usage.note(e.key);
@@ -122,8 +137,44 @@ export async function createRuntime(config: Config, log: Logger, adapters: Runti
     async close() {
       shutdown.abort(new Error('shutting down'));
       await gc.stop();
+      await roots?.close();
       await nix.close();
       await (source as { close?: () => unknown }).close?.();
+    },
+  };
+}
+
+async function openRoots(env: Record<string, string>): Promise<GcRoots> {
+  try {
+    return await GcRoots.open({ env });
+  } catch (e) {
+    throw new ConfigError([`NIXERY_NIX_GC_MIN_FREE: cannot keep GC roots in ${DEFAULT_GCROOTS_PARENT}: ${(e as Error).message}`]);
+  }
+}
+
+/**
+ * A build's paths rooted from resolve until packed, and the package set's
+ * own source (a fetched tarball or git checkout) rooted per revision, so a
+ * collection never forces a refetch; the two newest revisions stay held.
+ */
+function storeRoots(roots: GcRoots): StoreRoots {
+  const sources = new Map<string, Promise<() => Promise<void>>>();
+  return {
+    async hold(paths, label) {
+      return roots.hold(paths, label);
+    },
+    shield: (fn) => shieldFromCollection(fn),
+    holdSource(source) {
+      const id = JSON.stringify(source);
+      if (!sources.has(id)) {
+        sources.set(id, roots.holdSource(source).then((h) => h.release));
+        while (sources.size > 2) {
+          const [oldest, release] = sources.entries().next().value as [string, Promise<() => Promise<void>>];
+          sources.delete(oldest);
+          void release.then((r) => r()).catch(() => undefined);
+        }
+      }
+      return sources.get(id)!.then(() => undefined);
     },
   };
 }

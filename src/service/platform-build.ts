@@ -21,7 +21,7 @@ import type { LayerSegment } from '../layers/parallel-pack.js';
 import type { Popularity } from '../layers/popularity.js';
 import type { Logger } from '../log.js';
 import { MediaType, buildImageConfig, type LayerInfo } from '../manifest/build.js';
-import type { NixRunner } from '../nix/runner.js';
+import type { NixRunner, NixSource } from '../nix/runner.js';
 import type { ResolvedSource } from '../nix/sources.js';
 import type { StorageBackend } from '../storage/backend.js';
 import type { Build } from './build.js';
@@ -45,8 +45,20 @@ export type LayerPacker = (
 /** Compresses store paths into the piece cache ahead of packing; implemented by ParallelPacker.warm. */
 export type LayerWarmer = (segments: readonly LayerSegment[], signal?: AbortSignal) => Promise<number>;
 
+/** Keeps store paths from the Nix garbage collector until the returned release; implemented by gc/nix-store.ts. */
+export interface StoreRoots {
+  /** Roots the paths (derivations and outputs, valid or not yet); release after packing. */
+  hold(paths: readonly string[], label: string): Promise<() => Promise<void>>;
+  /** Runs `fn` (resolve, then hold) so that no collection of this process starts in between. */
+  shield<T>(fn: () => Promise<T>): Promise<T>;
+  /** Roots the package set's own source (fetched tarball, git checkout) if it is in the store. */
+  holdSource(source: NixSource): Promise<void>;
+}
+
 export interface PlatformBuilderDeps {
   readonly nix: NixRunner;
+  /** When the server collects its Nix store: a build's paths are rooted from resolve until packed. */
+  readonly roots?: StoreRoots;
   /** When present, paths Nix realises during a build are compressed while it builds the rest. */
   readonly warm?: LayerWarmer;
   readonly storage: StorageBackend;
@@ -90,7 +102,34 @@ export class PlatformBuilder {
     const phase = (p: 'resolve' | 'realise' | 'closure' | 'group' | 'pack' | 'manifest') => build.emit({ type: 'phase', at: now(), phase: p, platform });
 
     phase('resolve');
-    const pkgs = await nix.resolve(resolved.nix, packages, arch.nixSystem, { signal });
+    const roots = this.deps.roots;
+    let release: (() => Promise<void>) | undefined;
+    const pkgs = await (roots ? roots.shield.bind(roots) : <T>(fn: () => Promise<T>) => fn())(async () => {
+      const found = await nix.resolve(resolved.nix, packages, arch.nixSystem, { signal });
+      // Fetched by that evaluation; kept so a collection does not force a refetch.
+      await roots?.holdSource(resolved.nix).catch(() => undefined);
+      // The .drv files exist from here on and the outputs once built: a
+      // Nix store collection running meanwhile must not take either.
+      release = await roots?.hold([...found.map((p) => p.drv), ...found.map((p) => p.out)], build.image);
+      return found;
+    });
+    try {
+      return await this.afterResolve(build, pkgs, packages, arch, signal);
+    } finally {
+      await release?.().catch(() => undefined);
+    }
+  }
+
+  private async afterResolve(
+    build: Build,
+    pkgs: readonly { readonly drv: string; readonly out: string }[],
+    packages: readonly string[],
+    arch: Architecture,
+    signal: AbortSignal | undefined,
+  ): Promise<PlatformImage> {
+    const { nix, storage, now } = this.deps;
+    const platform = arch.ociArch;
+    const phase = (p: 'resolve' | 'realise' | 'closure' | 'group' | 'pack' | 'manifest') => build.emit({ type: 'phase', at: now(), phase: p, platform });
     phase('realise');
     await this.realise(build, [...new Set(pkgs.map((p) => p.drv))].sort(), signal);
     phase('closure');
