@@ -44,13 +44,18 @@ interface PrivateStore {
 
 async function privateStore(): Promise<PrivateStore> {
   const base = await mkdtemp(path.join(tmpdir(), 'nixery-gc-'));
-  await chmod(base, 0o755); // builders run as nixbld users
+  await chmod(base, 0o755);
   const env = {
     NIX_STORE_DIR: `${base}/store`,
     NIX_STATE_DIR: `${base}/var`,
     NIX_LOG_DIR: `${base}/log`,
     XDG_CACHE_HOME: `${base}/cache`,
-    NIX_CONFIG: 'substituters =',
+    // No build users: this store's Nix keeps its own pool of them (under its
+    // state dir), so it would hand out nixbld1 while the shared store's Nix
+    // uses it too, and when either ends a build it kills every process of
+    // that user: the other's builder died with signal 9 when test files ran
+    // side by side.
+    NIX_CONFIG: 'substituters =\nbuild-users-group =',
   };
   const nix = async (cmd: string, args: string[]) => {
     const r = await execa(cmd, args, { env, reject: false });
@@ -179,7 +184,10 @@ describe('collections in a private store', () => {
     expect(await s.valid(unheldTarball!)).toBe(false);
     for (const p of [heldTarball.path!, heldPath.path!, heldSource.path!, pkg.drv]) expect(await s.valid(p), p).toBe(true);
 
-    await built;
+    // Nix's own words when it fails, not just its exit code.
+    await built.catch((e: { message: string; stderr?: string }) => {
+      throw new Error(`${e.message}\n${e.stderr ?? ''}`);
+    });
     expect(await s.valid(pkg.out)).toBe(true);
 
     // Once nix-store --realise has exited, only the hold keeps the output.
