@@ -59,7 +59,7 @@ export class GarbageCollector {
   private readonly watcher: GenerationWatcher;
   private readonly settings: GcSettings;
   private timer: NodeJS.Timeout | undefined;
-  private running: Promise<PassReport> | undefined;
+  private running: Promise<PassReport & { readonly nixBytesFreed: number }> | undefined;
 
   constructor(
     private readonly deps: {
@@ -85,7 +85,10 @@ export class GarbageCollector {
     this.usage.start(config.usageFlushSeconds * 1000);
     await this.watcher.start(config.pollSeconds * 1000);
     if (config.intervalSeconds !== undefined) {
-      this.timer = setInterval(() => void this.run().catch(() => undefined), config.intervalSeconds * 1000);
+      // A tick while a pass still runs is skipped, not queued.
+      this.timer = setInterval(() => {
+        if (!this.running) void this.run().catch(() => undefined);
+      }, config.intervalSeconds * 1000);
       this.timer.unref();
     }
   }
@@ -99,13 +102,20 @@ export class GarbageCollector {
     await this.usage.stop().catch(() => undefined);
   }
 
-  /** One pass now (joins a running one); a dry run deletes nothing and counts nothing. */
-  async run(opts: { dryRun?: boolean } = {}): Promise<PassReport & { readonly nixBytesFreed: number }> {
-    if (opts.dryRun) return { ...(await this.pass(true)), nixBytesFreed: 0 };
-    this.running ??= this.pass(false).finally(() => (this.running = undefined));
+  /**
+   * One pass now; a call while one runs joins it (and is not counted
+   * twice). A dry run deletes nothing and counts nothing.
+   */
+  run(opts: { dryRun?: boolean } = {}): Promise<PassReport & { readonly nixBytesFreed: number }> {
+    if (opts.dryRun) return this.pass(true).then((r) => ({ ...r, nixBytesFreed: 0 }));
+    this.running ??= this.passAndRecord().finally(() => (this.running = undefined));
+    return this.running;
+  }
+
+  private async passAndRecord(): Promise<PassReport & { readonly nixBytesFreed: number }> {
     let report: PassReport;
     try {
-      report = await this.running;
+      report = await this.pass(false);
     } catch (e) {
       this.stats.failures++;
       this.deps.log.error({ err: (e as Error).message }, 'garbage collection pass failed');

@@ -77,3 +77,49 @@ export async function readLeases(storage: StorageBackend, now: number): Promise<
   }
   return { held, stale };
 }
+
+/**
+ * A build's lease, kept up to date while the build stores blobs: each layer
+ * is added as soon as it is stored or found, so a pass skips it from then
+ * on, not only from the end of the build. Without it a pass with a short
+ * grace period deletes a build's fresh layers while it packs the rest, and
+ * the build has to start again (the soak test saw builds give up after
+ * three tries). `protect` then writes the complete lease and marks every
+ * blob, as the protocol above requires.
+ */
+export class BuildLease {
+  readonly id = newLeaseId();
+  private readonly digests = new Set<Digest>();
+  private writing: Promise<void> = Promise.resolve();
+  private dirty = false;
+
+  constructor(
+    private readonly storage: StorageBackend,
+    private readonly now: () => number,
+  ) {}
+
+  /** Adds blobs; the record is rewritten in the background (one write at a time, coalesced). */
+  add(digests: readonly Digest[]): void {
+    for (const d of digests) this.digests.add(d);
+    if (this.dirty) return;
+    this.dirty = true;
+    this.writing = this.writing.then(async () => {
+      this.dirty = false;
+      await this.storage
+        .putRecord('leases', this.id, Buffer.from(JSON.stringify({ at: this.now(), digests: [...this.digests] } satisfies LeaseRecord)))
+        .catch(() => undefined);
+    });
+  }
+
+  /** The complete lease, then marks; returns the digests that no longer exist. */
+  async protect(digests: readonly Digest[]): Promise<Digest[]> {
+    await this.writing;
+    for (const d of digests) this.digests.add(d);
+    return protectBlobs(this.storage, this.id, [...this.digests], this.now());
+  }
+
+  async release(): Promise<void> {
+    await this.writing;
+    await releaseLease(this.storage, this.id);
+  }
+}

@@ -30,7 +30,7 @@ import { Admission, DEFAULT_ADMISSION, type AdmissionStats } from './admission.j
 import { Build, buildTimings } from './build.js';
 import { PlatformBuilder, hashKey, type PlatformBuilderDeps } from './platform-build.js';
 import { decodeRecord, encodeRecord, imageBlobs, type BlobRef, type BuiltImage, type PlatformImage } from './records.js';
-import { newLeaseId, protectBlobs, releaseLease } from '../gc/leases.js';
+import { BuildLease } from '../gc/leases.js';
 
 export interface ImageServiceDeps extends Omit<PlatformBuilderDeps, 'packConcurrency'> {
   readonly source: PackageSourceResolver;
@@ -292,25 +292,25 @@ export class ImageService {
    */
   private async buildOnce(build: Build, spec: ImageSpec, key: string, resolved: ResolvedSource): Promise<BuiltImage | undefined> {
     const { storage, now } = this.deps;
-    const platform = await this.builder.build(build, spec.packages, spec.arch, resolved, this.deps.shutdown);
-    const manifests = {} as Record<ManifestMediaType, BlobRef>;
-    const assembled = assembleManifests(platform.config, platform.layers);
-    for (const type of MANIFEST_TYPES) {
-      const m = assembled[type];
-      await storage.putBlob(type, m.bytes);
-      manifests[type] = { digest: m.digest as Digest, size: m.size };
-    }
-    const image: BuiltImage = { revision: resolved.revision, packages: spec.packages, system: spec.arch.nixSystem, platforms: [platform], manifests };
-    const lease = newLeaseId();
+    const lease = new BuildLease(storage, now);
     try {
-      const missing = await protectBlobs(storage, lease, imageBlobs(image), now());
+      const platform = await this.builder.build(build, spec.packages, spec.arch, resolved, this.deps.shutdown, (d) => lease.add(d));
+      const manifests = {} as Record<ManifestMediaType, BlobRef>;
+      const assembled = assembleManifests(platform.config, platform.layers);
+      for (const type of MANIFEST_TYPES) {
+        const m = assembled[type];
+        await storage.putBlob(type, m.bytes);
+        manifests[type] = { digest: m.digest as Digest, size: m.size };
+      }
+      const image: BuiltImage = { revision: resolved.revision, packages: spec.packages, system: spec.arch.nixSystem, platforms: [platform], manifests };
+      const missing = await lease.protect(imageBlobs(image));
       if (missing.length > 0) return undefined;
       // Persisted before the answer: clients fetch by digest right after.
       await storage.putRecord('manifests', key, encodeRecord(image));
+      return image;
     } finally {
-      await releaseLease(storage, lease).catch(() => undefined);
+      await lease.release().catch(() => undefined);
     }
-    return image;
   }
 
   private async run(build: Build, spec: ImageSpec, key: string, resolved: ResolvedSource): Promise<BuiltImage> {

@@ -96,6 +96,8 @@ export class PlatformBuilder {
     arch: Architecture,
     resolved: ResolvedSource,
     signal: AbortSignal | undefined,
+    /** Told each blob as soon as it is stored or found (the build's GC lease). */
+    hold: (digests: Digest[]) => void = () => undefined,
   ): Promise<PlatformImage> {
     const { nix, storage, now } = this.deps;
     const platform = arch.ociArch;
@@ -114,7 +116,7 @@ export class PlatformBuilder {
       return found;
     });
     try {
-      return await this.afterResolve(build, pkgs, packages, arch, signal);
+      return await this.afterResolve(build, pkgs, packages, arch, signal, hold);
     } finally {
       await release?.().catch(() => undefined);
     }
@@ -126,6 +128,7 @@ export class PlatformBuilder {
     packages: readonly string[],
     arch: Architecture,
     signal: AbortSignal | undefined,
+    hold: (digests: Digest[]) => void,
   ): Promise<PlatformImage> {
     const { nix, storage, now } = this.deps;
     const platform = arch.ociArch;
@@ -138,21 +141,29 @@ export class PlatformBuilder {
     const groups = groupLayers(graph, this.deps.popularity, this.deps.layerBudget - 1);
 
     phase('pack');
+    const held = (l: Promise<LayerInfo>) =>
+      l.then((info) => {
+        hold([info.digest as Digest]);
+        return info;
+      });
     const storeLayers = groups.map((g) =>
-      this.layer(build, platform, g.paths.map(storePathName).join(', '), g.paths, () => this.deps.reader.storePathSegments(g.paths), signal),
+      held(this.layer(build, platform, g.paths.map(storePathName).join(', '), g.paths, () => this.deps.reader.storePathSegments(g.paths), signal)),
     );
     // Package order decides symlink conflicts: the image's sorted package order.
     const forestRoots = pkgs.map((p) => p.out);
-    const symlinkLayer = this.layer(build, platform, 'symlink layer', ['symlinks', ...forestRoots], async () => {
-      const plan = await this.deps.reader.symlinkLayerEntries(forestRoots);
-      if (plan.conflicts.length > 0) this.deps.log.info({ image: build.image, conflicts: plan.conflicts }, 'symlink layer conflicts');
-      return [{ entries: () => plan.entries }];
-    }, signal);
+    const symlinkLayer = held(
+      this.layer(build, platform, 'symlink layer', ['symlinks', ...forestRoots], async () => {
+        const plan = await this.deps.reader.symlinkLayerEntries(forestRoots);
+        if (plan.conflicts.length > 0) this.deps.log.info({ image: build.image, conflicts: plan.conflicts }, 'symlink layer conflicts');
+        return [{ entries: () => plan.entries }];
+      }, signal),
+    );
     const layers: LayerInfo[] = await Promise.all([...storeLayers, symlinkLayer]);
 
     phase('manifest');
     const config = buildImageConfig({ arch, layers, hasShell: packages.includes('bashInteractive') });
     await storage.putBlob(MediaType.ociConfig, config.bytes);
+    hold([config.digest as Digest]);
     return {
       platform: { os: 'linux', architecture: arch.ociArch },
       config: { digest: config.digest as Digest, size: config.size },
