@@ -194,8 +194,14 @@ async function loadImages(storage: StorageBackend): Promise<LoadedImage[]> {
     // miss): it holds nothing, and the oldest possible time drops it.
     const blobs = image === undefined ? [] : await blobsOf(storage, image);
     const usageIds = [key, ...(image ? Object.values(image.manifests).map((m) => m.digest.slice('sha256:'.length)) : [])];
-    let lastPulledAt = image === undefined ? 0 : updatedAt;
-    for (const id of usageIds) lastPulledAt = Math.max(lastPulledAt, (await readUsage(storage, id)) ?? 0);
+    // The last pull storage knows of; an image never pulled since it was
+    // built (its pulls not flushed yet) counts from when its record was written.
+    let pulled: number | undefined;
+    for (const id of usageIds) {
+      const at = await readUsage(storage, id);
+      if (at !== undefined) pulled = Math.max(pulled ?? 0, at);
+    }
+    const lastPulledAt = image === undefined ? 0 : (pulled ?? updatedAt);
     out.push({ key, image, usageIds, use: { key, lastPulledAt, blobs } });
   }
   return out;

@@ -5,8 +5,7 @@
  * left them) is dropped by the server's own passes; the recent one is not
  * and still pulls and runs; the dropped one is built again on its next pull.
  */
-import { readFile, utimes } from 'node:fs/promises';
-import path from 'node:path';
+import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decodeRecord, imageBlobs } from '../../src/service/records.js';
 import { FilesystemStorage } from '../../src/storage/filesystem.js';
@@ -57,16 +56,15 @@ describe('garbage collection in a running server', () => {
     expect([...before.keys()].sort()).toEqual(['hello', 'jq']);
     const hello = before.get('hello')!;
 
-    // Let the server flush its pull times, then make hello's two days old:
-    // its usage records, and its record's own time (an image counts as used
-    // when it was built).
+    // Let the server flush its pull times, then make hello's two days older
+    // than the server wrote them (its clock, not this process's: under the
+    // any-date run only this process is moved).
     await sleep(500);
-    const twoDaysAgo = Date.now() - 2 * 86_400_000;
-    const old = Buffer.from(JSON.stringify({ lastPulledAt: twoDaysAgo }));
+    const written = JSON.parse((await storage.getRecord('usage', hello.key))!.toString()) as { lastPulledAt: number };
+    const old = Buffer.from(JSON.stringify({ lastPulledAt: written.lastPulledAt - 2 * 86_400_000 }));
     for (const id of [hello.key, ...hello.manifests.map((d) => d.slice('sha256:'.length))]) {
       if ((await storage.getRecord('usage', id)) !== undefined) await storage.putRecord('usage', id, old);
     }
-    await utimes(path.join(server.storagePath, 'records/manifests', hello.key), twoDaysAgo / 1000, twoDaysAgo / 1000);
 
     // The server's passes (every 300 ms) drop it, and its own blobs go
     // (the pass that drops it deletes them after two generation polls).
