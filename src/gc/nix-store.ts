@@ -43,14 +43,13 @@ import { rmSync } from 'node:fs';
 import { lstat, mkdir, readdir, readFile, readlink, rm, statfs, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
+import { LineSplitter } from '../nix/nix-log.js';
+import { watchGroup } from '../nix/process-group.js';
 import type { NixSource } from '../nix/runner.js';
 
 export const DEFAULT_STORE_DIR = '/nix/store';
 /** Parent of every server's roots directory (one per process). */
 export const DEFAULT_GCROOTS_PARENT = '/nix/var/nix/gcroots/nixery-ts';
-
-/** Seconds between SIGTERM and SIGKILL of a Nix process group (as in runner.ts). */
-const KILL_GRACE_SECONDS = 3;
 
 // ------------------------------------------------------------- min free
 
@@ -150,31 +149,17 @@ async function runNix(command: string, args: readonly string[], opts: RunOptions
     maxBuffer: 64 * 1024 * 1024,
     cleanup: true,
   });
-  if (opts.onStderrLine) {
-    let rest = '';
-    child.stderr?.on('data', (d: Buffer) => {
-      const lines = (rest + d.toString('utf8')).split('\n');
-      rest = lines.pop() ?? '';
-      for (const l of lines) opts.onStderrLine!(l);
-    });
-    child.stderr?.on('end', () => rest && opts.onStderrLine!(rest));
+  const onLine = opts.onStderrLine;
+  if (onLine) {
+    const lines = new LineSplitter();
+    child.stderr?.on('data', (d: Buffer) => lines.push(d.toString('utf8')).forEach(onLine));
+    child.stderr?.on('end', () => lines.end().forEach(onLine));
   }
-  let exited = false;
-  let stoppedFor: 'timeout' | 'abort' | undefined;
-  const stop = (why: 'timeout' | 'abort') => {
-    if (exited || stoppedFor) return;
-    stoppedFor = why;
-    signalGroup(child.pid, 'SIGTERM');
-    setTimeout(() => {
-      if (!exited) signalGroup(child.pid, 'SIGKILL');
-    }, KILL_GRACE_SECONDS * 1000).unref();
-  };
-  const timer = setTimeout(() => stop('timeout'), opts.timeoutSeconds * 1000);
-  const onAbort = () => stop('abort');
-  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  const group = watchGroup(child.pid, opts.timeoutSeconds, opts.signal);
   try {
     const r = await child;
-    exited = true;
+    group.done();
+    const stoppedFor = group.stoppedFor;
     const stdout = typeof r.stdout === 'string' ? r.stdout : '';
     const stderr = typeof r.stderr === 'string' ? r.stderr.trim() : '';
     if (stoppedFor === 'abort') throw new NixGcError(`${what}: aborted`, r.exitCode, stderr, true);
@@ -185,18 +170,7 @@ async function runNix(command: string, args: readonly string[], opts: RunOptions
     }
     return { stdout, stderr };
   } finally {
-    exited = true;
-    clearTimeout(timer);
-    opts.signal?.removeEventListener('abort', onAbort);
-  }
-}
-
-function signalGroup(pid: number | undefined, sig: NodeJS.Signals): void {
-  if (pid === undefined) return;
-  try {
-    process.kill(-pid, sig);
-  } catch {
-    // The group is already gone.
+    group.done();
   }
 }
 

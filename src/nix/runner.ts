@@ -11,6 +11,7 @@
  */
 import { execa } from 'execa';
 import { LineSplitter, NixLogParser, type NixLogEvent } from './nix-log.js';
+import { signalGroup, watchGroup } from './process-group.js';
 import path from 'node:path';
 import pLimit from 'p-limit';
 import { BuildAbortedError, NixBuildError, PackagesNotFoundError, type MissingPackage } from '../errors.js';
@@ -166,23 +167,12 @@ export class ExecaNixRunner implements NixRunner {
       child.stderr?.on('end', () => lines.end().forEach(take));
     }
     this.stats.running++;
-    let stoppedFor: 'timeout' | 'abort' | undefined;
-    let exited = false;
-    const stop = (why: 'timeout' | 'abort') => {
-      if (exited || stoppedFor) return;
-      stoppedFor = why;
-      signalGroup(child.pid, 'SIGTERM');
-      setTimeout(() => {
-        if (!exited) signalGroup(child.pid, 'SIGKILL');
-      }, KILL_GRACE_SECONDS * 1000).unref();
-    };
-    const timer = setTimeout(() => stop('timeout'), limitSeconds * 1000);
-    const onAbort = () => stop('abort');
-    signal?.addEventListener('abort', onAbort, { once: true });
-    if (child.pid !== undefined) this.live.set(child.pid, { stop: onAbort, ended: child.catch(() => undefined) });
+    const group = watchGroup(child.pid, limitSeconds, signal);
+    if (child.pid !== undefined) this.live.set(child.pid, { stop: group.stop, ended: child.catch(() => undefined) });
     try {
       const r = await child;
-      exited = true;
+      group.done();
+      const stoppedFor = group.stoppedFor;
       if (stoppedFor === 'abort') throw new BuildAbortedError(String(signal?.reason ?? 'aborted'));
       const stderr = typeof r.stderr === 'string' ? r.stderr : '';
       if (r.exitCode !== 0 || stoppedFor === 'timeout') {
@@ -193,10 +183,8 @@ export class ExecaNixRunner implements NixRunner {
       }
       return typeof r.stdout === 'string' ? r.stdout : '';
     } finally {
-      exited = true;
+      group.done();
       if (child.pid !== undefined) this.live.delete(child.pid);
-      clearTimeout(timer);
-      signal?.removeEventListener('abort', onAbort);
       this.stats.running--;
     }
   }
@@ -291,17 +279,6 @@ export class ExecaNixRunner implements NixRunner {
   }
 }
 
-/** Seconds between SIGTERM and SIGKILL of a Nix process group. */
-const KILL_GRACE_SECONDS = 3;
-
 /** Seconds a readiness check of Nix may take. */
 const CHECK_TIMEOUT_SECONDS = 10;
 
-function signalGroup(pid: number | undefined, sig: NodeJS.Signals): void {
-  if (pid === undefined) return;
-  try {
-    process.kill(-pid, sig);
-  } catch {
-    // The group is already gone.
-  }
-}
