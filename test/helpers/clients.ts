@@ -34,3 +34,25 @@ export async function inChroot(rootfs: string, argv: readonly string[]): Promise
   const { stdout } = await sh('env', ['-i', 'PATH=/bin:/usr/bin', '/usr/sbin/chroot', rootfs, ...argv]);
   return stdout;
 }
+
+/**
+ * Reads a gzip file with Python's own gzip module (a reader independent of
+ * Node and Go): the sha256 of what it decompresses to, and how many gzip
+ * members the file holds.
+ */
+export async function pythonGunzip(file: string): Promise<{ diffId: string; members: number }> {
+  const { stdout } = await sh('python3', [
+    '-c',
+    [
+      'import gzip, hashlib, sys, zlib',
+      'data = open(sys.argv[1], "rb").read()',
+      'members, rest = 0, data',
+      'while rest:',
+      '    d = zlib.decompressobj(31); d.decompress(rest); rest = d.unused_data; members += 1',
+      'print("sha256:" + hashlib.sha256(gzip.decompress(data)).hexdigest(), members)',
+    ].join('\n'),
+    file,
+  ]);
+  const [diffId, members] = stdout.trim().split(' ');
+  return { diffId: diffId as string, members: Number(members) };
+}

@@ -13,6 +13,7 @@ import pLimit from 'p-limit';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { storePathName } from '../../src/layers/graph.js';
 import { packLayer, type PackResult } from '../../src/layers/pack.js';
+import { pythonGunzip } from '../helpers/clients.js';
 import { ParallelPacker, type ParallelPackResult } from '../../src/layers/parallel-pack.js';
 import { storePathEntries, storePathSegments, symlinkLayerEntries } from '../../src/layers/walk.js';
 
@@ -155,22 +156,10 @@ describe('parallel packing of store paths of the demo package set', () => {
     const single = await packToFile(path.join(tmp, 'single.tar.gz'), storePathEntries(closure));
     expect(r1.diffId).toBe(single.diffId);
     await execa('gzip', ['-t', one]);
-    const py = await execa('python3', [
-      '-c',
-      [
-        'import gzip, hashlib, sys, zlib',
-        'data = open(sys.argv[1], "rb").read()',
-        'members, rest = 0, data',
-        'while rest:',
-        '    d = zlib.decompressobj(31); d.decompress(rest); rest = d.unused_data; members += 1',
-        'print(hashlib.sha256(gzip.decompress(data)).hexdigest(), members)',
-      ].join('\n'),
-      one,
-    ]);
-    const [hex, members] = py.stdout.trim().split(' ');
-    expect(`sha256:${hex}`).toBe(r1.diffId);
+    const { diffId, members } = await pythonGunzip(one);
+    expect(diffId).toBe(r1.diffId);
     // At least one member per store path, the prefix and the end of the archive.
-    expect(Number(members)).toBeGreaterThanOrEqual(closure.length + 2);
+    expect(members).toBeGreaterThanOrEqual(closure.length + 2);
     const listing = await execa('tar', ['-tzf', one], { maxBuffer: 1 << 28 });
     expect(listing.stdout.split('\n').slice(0, 2)).toEqual(['nix/', 'nix/store/']);
 

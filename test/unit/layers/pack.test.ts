@@ -6,22 +6,12 @@ import { Readable, Writable } from 'node:stream';
 import { gunzipSync } from 'node:zlib';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { collector } from '../../helpers/collector.js';
 import { packLayer, type TarEntry } from '../../../src/layers/pack.js';
 import { storePathEntries } from '../../../src/layers/walk.js';
 
 const sha256 = (b: Uint8Array): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
-/** Collects everything written into one Buffer. */
-function collector(): { out: Writable; bytes: () => Buffer } {
-  const chunks: Buffer[] = [];
-  const out = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      chunks.push(chunk);
-      cb();
-    },
-  });
-  return { out, bytes: () => Buffer.concat(chunks) };
-}
 
 function fileEntry(name: string, content: string | Buffer, mode = 0o444): TarEntry {
   const buf = Buffer.from(content);

@@ -8,21 +8,12 @@ import { createHash, randomBytes } from 'node:crypto';
 import { Readable, Writable } from 'node:stream';
 import { gunzipSync, gzipSync, inflateRawSync } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
+import { collector } from '../../helpers/collector.js';
 import { packLayer, type TarEntry } from '../../../src/layers/pack.js';
 import { PIECE_SIZE, ParallelPacker, type LayerSegment } from '../../../src/layers/parallel-pack.js';
 
 const sha256 = (b: Uint8Array): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 
-function collector(): { out: Writable; bytes: () => Buffer } {
-  const chunks: Buffer[] = [];
-  const out = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      chunks.push(chunk);
-      cb();
-    },
-  });
-  return { out, bytes: () => Buffer.concat(chunks) };
-}
 
 /** Compressible but not trivial: repeated random words. */
 function content(seed: number, size: number): Buffer {
