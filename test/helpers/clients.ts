@@ -2,6 +2,8 @@
  * Real registry clients: skopeo to pull, umoci to unpack, chroot to run.
  */
 import { execFile } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { promisify } from 'node:util';
 
 const run = promisify(execFile);
@@ -55,4 +57,27 @@ export async function pythonGunzip(file: string): Promise<{ diffId: string; memb
   ]);
   const [diffId, members] = stdout.trim().split(' ');
   return { diffId: diffId as string, members: Number(members) };
+}
+
+/**
+ * Podman confined to `dir`: vfs storage, runc, no network namespace, and
+ * ulimits under this machine's hard limit on open files (podman's default
+ * is above it; research A.3). Returns the global flags and the environment
+ * every podman call of the test passes.
+ */
+export async function podmanIn(dir: string): Promise<{ flags: string[]; env: Record<string, string> }> {
+  const conf = path.join(dir, 'containers.conf');
+  await writeFile(
+    conf,
+    [
+      '[containers]',
+      'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]',
+      'netns = "none"',
+      '[engine]',
+      'runtime = "runc"',
+      'cgroup_manager = "cgroupfs"',
+      'events_logger = "file"',
+    ].join('\n'),
+  );
+  return { flags: ['--storage-driver', 'vfs', '--root', `${dir}/root`, '--runroot', `${dir}/run`], env: { CONTAINERS_CONF: conf } };
 }

@@ -8,6 +8,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { freshSalt } from '../helpers/nix.js';
 import { startServer, type RunningServer, type ServerStats } from '../helpers/server.js';
+import { until } from '../helpers/wait.js';
 
 const OCI = 'application/vnd.oci.image.manifest.v1+json';
 const servers: RunningServer[] = [];
@@ -19,14 +20,6 @@ async function start(env: Record<string, string>): Promise<RunningServer> {
   const s = await startServer({ env });
   servers.push(s);
   return s;
-}
-
-async function until(what: string, cond: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 interface Answer {

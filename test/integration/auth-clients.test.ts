@@ -21,7 +21,7 @@ import path from 'node:path';
 import tls from 'node:tls';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { inChroot, unpack } from '../helpers/clients.js';
+import { inChroot, podmanIn, unpack } from '../helpers/clients.js';
 import { startEngines, type Engines } from '../helpers/daemons.js';
 import { DEMO_PKGS } from '../helpers/nix.js';
 import { scratchDir, startServer, type RunningServer } from '../helpers/server.js';
@@ -204,23 +204,13 @@ describe('podman against the HTTPS server', () => {
   beforeAll(async () => {
     dir = path.join(work.path, 'podman');
     await mkdir(dir, { recursive: true });
-    // Same engine settings as registry-engines.test.ts (see research A.3).
-    const conf = path.join(dir, 'containers.conf');
-    await writeFile(conf, [
-      '[containers]',
-      'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]',
-      'netns = "none"',
-      '[engine]',
-      'runtime = "runc"',
-      'cgroup_manager = "cgroupfs"',
-      'events_logger = "file"',
-    ].join('\n'));
-    P = ['--storage-driver', 'vfs', '--root', `${dir}/root`, '--runroot', `${dir}/run`, '--log-level', 'error'];
+    const podman = await podmanIn(dir);
+    P = [...podman.flags, '--log-level', 'error'];
     // A private auth file: podman login never writes the user's real one.
     // (podman insists that the file exists.)
     const authfile = path.join(dir, 'auth.json');
     await writeFile(authfile, '{"auths":{}}\n');
-    env = { CONTAINERS_CONF: conf, REGISTRY_AUTH_FILE: authfile };
+    env = { ...podman.env, REGISTRY_AUTH_FILE: authfile };
   });
   afterAll(async () => {
     if (P) await attempt('podman', [...P, 'rmi', '-a', '-f'], { env });

@@ -28,6 +28,7 @@ import {
 } from '../../src/gc/nix-store.js';
 import type { NixSource } from '../../src/nix/runner.js';
 import { DEMO_PKGS, buildDemo, freshSalt, makeRunner } from '../helpers/nix.js';
+import { until } from '../helpers/wait.js';
 
 const SYSTEM = 'x86_64-linux';
 const ALWAYS = { percent: 100 } as const;
@@ -114,13 +115,6 @@ async function gcProcesses(stateDir: string): Promise<number[]> {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-async function waitFor(what: string, cond: () => Promise<boolean> | boolean, ms = 20_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 describe('collections in a private store', () => {
   let s: PrivateStore;
@@ -172,7 +166,7 @@ describe('collections in a private store', () => {
         if (e.kind === 'log' && e.line.startsWith('tick')) ticks++;
       },
     });
-    await waitFor('the build to run', () => ticks >= 2);
+    await until('the build to run', () => ticks >= 2, 20_000);
 
     const during = await collectIfLow({ minFree: ALWAYS, storeDir: s.storeDir, env: s.env });
     expect(ticks).toBeLessThan(7); // it ran in the middle of the build
@@ -232,7 +226,7 @@ describe('collections in a private store', () => {
       }
     };
     try {
-      await waitFor('flock to hold the lock', async () => (await execa('flock', ['-xn', `${s.stateDir}/gc.lock`, 'true'], { reject: false })).exitCode !== 0);
+      await until('flock to hold the lock', async () => (await execa('flock', ['-xn', `${s.stateDir}/gc.lock`, 'true'], { reject: false })).exitCode !== 0);
 
       // A shield delays the start of a collection.
       let releaseShield!: () => void;
@@ -245,7 +239,7 @@ describe('collections in a private store', () => {
       expect(await gcProcesses(s.stateDir)).toEqual([]);
       releaseShield();
       await shield;
-      await waitFor('nix-store --gc to start', async () => (await gcProcesses(s.stateDir)).length === 1);
+      await until('nix-store --gc to start', async () => (await gcProcesses(s.stateDir)).length === 1);
       const [firstPid] = await gcProcesses(s.stateDir);
 
       // A second collection waits for the first; a new shield waits until Nix has read the roots.
@@ -264,7 +258,7 @@ describe('collections in a private store', () => {
       expect(err).toBeInstanceOf(NixGcError);
       expect((err as NixGcError).aborted).toBe(true);
       await shield1; // may run between the two collections
-      await waitFor('the second nix-store --gc to start', async () => {
+      await until('the second nix-store --gc to start', async () => {
         const pids = await gcProcesses(s.stateDir);
         return pids.length === 1 && pids[0] !== firstPid;
       });

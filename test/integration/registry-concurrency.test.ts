@@ -7,6 +7,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { skopeoPull } from '../helpers/clients.js';
 import { demoSource, freshSalt, makeRunner, processesMatching } from '../helpers/nix.js';
 import { demoServerEnv, runUntilExit, scratchDir, startServer, type RunningServer } from '../helpers/server.js';
+import { until } from '../helpers/wait.js';
 
 const OCI = 'application/vnd.oci.image.manifest.v1+json';
 const servers: RunningServer[] = [];
@@ -20,14 +21,6 @@ async function start(env: Record<string, string>, storagePath?: string): Promise
   const s = await startServer({ env, ...(storagePath ? { storagePath } : {}) });
   servers.push(s);
   return s;
-}
-
-async function until(what: string, cond: () => Promise<boolean>, timeoutMs = 60_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 describe('concurrent cold pulls', () => {

@@ -4,10 +4,9 @@
  * the image. The daemons are started and stopped by this test; one that
  * cannot start fails it loudly.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import path from 'node:path';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { sh } from '../helpers/clients.js';
+import { podmanIn, sh } from '../helpers/clients.js';
 import { startEngines, type Engines } from '../helpers/daemons.js';
 import { startServer, type RunningServer } from '../helpers/server.js';
 
@@ -46,19 +45,7 @@ describe('podman', () => {
   it('pulls shell/htop and runs it with runc', async () => {
     const dir = await mkdtemp('/tmp/nxp-');
     try {
-      // The machine's hard limit on open files is below podman's default (see research A.3).
-      const conf = path.join(dir, 'containers.conf');
-      await writeFile(conf, [
-        '[containers]',
-        'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]',
-        'netns = "none"',
-        '[engine]',
-        'runtime = "runc"',
-        'cgroup_manager = "cgroupfs"',
-        'events_logger = "file"',
-      ].join('\n'));
-      const P = ['--storage-driver', 'vfs', '--root', `${dir}/root`, '--runroot', `${dir}/run`];
-      const env = { CONTAINERS_CONF: conf };
+      const { flags: P, env } = await podmanIn(dir);
       const ref = `${server.host}/shell/htop`;
       await sh('podman', [...P, 'pull', '--tls-verify=false', ref], { env });
       const { stdout } = await sh('podman', [...P, 'run', '--rm', ref, 'htop', '--version'], { env });
