@@ -3,6 +3,7 @@
  */
 import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
+import { cp, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { ExecaNixRunner, type ExecaNixRunnerOptions, type NixSource } from '../../src/nix/runner.js';
@@ -37,4 +38,19 @@ export async function processesMatching(needle: string): Promise<string[]> {
     .split('\n')
     .filter((l) => l.includes(needle) && !l.includes('ps -eo'))
     .map((l) => l.trim());
+}
+
+async function git(dir: string, ...args: string[]): Promise<string> {
+  const { stdout } = await run('git', ['-c', 'user.email=t@example.com', '-c', 'user.name=t', ...args], { cwd: dir });
+  return stdout.trim();
+}
+
+/** A git repository at `dir` holding a copy of the demo package set with content of its own (a fresh `-source` path). */
+export async function demoRepo(dir: string): Promise<NixSource & { srcType: 'git' }> {
+  await cp(DEMO_PKGS, dir, { recursive: true });
+  await writeFile(path.join(dir, 'marker'), freshSalt());
+  await git(dir, 'init', '-q', '-b', 'main');
+  await git(dir, 'add', '-A');
+  await git(dir, 'commit', '-qm', 'demo');
+  return { srcType: 'git', url: `file://${dir}`, rev: await git(dir, 'rev-parse', 'HEAD'), ref: 'refs/heads/main' };
 }

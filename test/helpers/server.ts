@@ -44,11 +44,23 @@ export function demoServerEnv(storagePath: string): Record<string, string> {
   };
 }
 
-export async function startServer(opts: { env?: Record<string, string>; storagePath?: string } = {}): Promise<RunningServer> {
+export async function startServer(
+  opts: {
+    env?: Record<string, string>;
+    storagePath?: string;
+    /**
+     * A command that execs its arguments (the server's argv follows it),
+     * such as `unshare ... sh -c '...; exec "$@"'`. It must exec, not fork:
+     * stop() signals the PID it started.
+     */
+    wrap?: readonly string[];
+  } = {},
+): Promise<RunningServer> {
   // A storage directory made here is removed again by stop(); one passed in belongs to the test.
   const own = opts.storagePath === undefined ? await scratchDir('nixery-store-') : undefined;
   const storagePath = opts.storagePath ?? own!.path;
-  const child = spawn(process.execPath, [path.join(ROOT, 'dist/launch.cjs')], {
+  const argv = [...(opts.wrap ?? []), process.execPath, path.join(ROOT, 'dist/launch.cjs')];
+  const child = spawn(argv[0]!, argv.slice(1), {
     env: {
       PATH: process.env['PATH'] ?? '/usr/bin:/bin',
       NIX_CONFIG: 'substituters =',

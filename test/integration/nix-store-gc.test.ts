@@ -27,7 +27,7 @@ import {
   sourceStorePath,
 } from '../../src/gc/nix-store.js';
 import type { NixSource } from '../../src/nix/runner.js';
-import { DEMO_PKGS, buildDemo, freshSalt, makeRunner } from '../helpers/nix.js';
+import { DEMO_PKGS, buildDemo, demoRepo, freshSalt, makeRunner } from '../helpers/nix.js';
 import { until } from '../helpers/wait.js';
 
 const SYSTEM = 'x86_64-linux';
@@ -70,21 +70,6 @@ async function privateStore(): Promise<PrivateStore> {
     nix,
     valid: async (p) => (await nix('nix-store', ['--check-validity', p])).exitCode === 0,
   };
-}
-
-async function git(dir: string, ...args: string[]): Promise<string> {
-  const r = await execa('git', ['-c', 'user.email=t@example.com', '-c', 'user.name=t', ...args], { cwd: dir });
-  return String(r.stdout).trim();
-}
-
-/** A git repository holding a copy of the demo package set with content of its own (a fresh `-source` path). */
-async function demoRepo(dir: string): Promise<NixSource> {
-  await cp(DEMO_PKGS, dir, { recursive: true });
-  await writeFile(path.join(dir, 'marker'), freshSalt());
-  await git(dir, 'init', '-q', '-b', 'main');
-  await git(dir, 'add', '-A');
-  await git(dir, 'commit', '-qm', 'demo');
-  return { srcType: 'git', url: `file://${dir}`, rev: await git(dir, 'rev-parse', 'HEAD'), ref: 'refs/heads/main' };
 }
 
 /** A tarball of a directory with content of its own. */
