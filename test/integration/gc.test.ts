@@ -7,9 +7,9 @@
  */
 import { readFile } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { decodeRecord, imageBlobs } from '../../src/service/records.js';
 import { FilesystemStorage } from '../../src/storage/filesystem.js';
 import { inChroot, skopeoPull, unpack } from '../helpers/clients.js';
+import { imageRecords, lastPull, setLastPull, usageSettled } from '../helpers/gc.js';
 import { scratchDir, startServer, type RunningServer } from '../helpers/server.js';
 
 let server: RunningServer;
@@ -34,43 +34,28 @@ afterAll(async () => {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** The manifest records, by the packages they name. */
-async function records(storage: FilesystemStorage): Promise<Map<string, { key: string; manifests: string[]; blobs: string[] }>> {
-  const out = new Map<string, { key: string; manifests: string[]; blobs: string[] }>();
-  for await (const { key } of storage.listRecords('manifests')) {
-    const raw = await storage.getRecord('manifests', key);
-    const image = raw && decodeRecord(raw);
-    if (!image) continue;
-    const name = image.packages.filter((p) => p !== 'cacert' && p !== 'iana-etc').join('/');
-    out.set(name, { key, manifests: Object.values(image.manifests).map((m) => m.digest), blobs: imageBlobs(image) });
-  }
-  return out;
-}
-
 describe('garbage collection in a running server', () => {
   it('drops an image not pulled for NIXERY_GC_KEEP_DAYS while serving; the recent one still pulls and runs; the dropped one rebuilds', async () => {
     await skopeoPull(`${server.host}/hello`, `${scratch.path}/hello-1`);
     await skopeoPull(`${server.host}/jq`, `${scratch.path}/jq-1`);
     const storage = await FilesystemStorage.open(server.storagePath);
-    const before = await records(storage);
+    const before = await imageRecords(storage);
     expect([...before.keys()].sort()).toEqual(['hello', 'jq']);
     const hello = before.get('hello')!;
 
     // Let the server flush its pull times, then make hello's two days older
     // than the server wrote them (its clock, not this process's: under the
     // any-date run only this process is moved).
-    await sleep(500);
-    const written = JSON.parse((await storage.getRecord('usage', hello.key))!.toString()) as { lastPulledAt: number };
-    const old = Buffer.from(JSON.stringify({ lastPulledAt: written.lastPulledAt - 2 * 86_400_000 }));
-    for (const id of [hello.key, ...hello.manifests.map((d) => d.slice('sha256:'.length))]) {
-      if ((await storage.getRecord('usage', id)) !== undefined) await storage.putRecord('usage', id, old);
-    }
+    await usageSettled(storage);
+    const written = await lastPull(storage, hello);
+    expect(written).toBeDefined();
+    await setLastPull(storage, hello, written! - 2 * 86_400_000);
 
     // The server's passes (every 300 ms) drop it, and its own blobs go
     // (the pass that drops it deletes them after two generation polls).
     const dropped = async () => ((await server.stats()) as unknown as { gc: { imagesDropped: number } }).gc.imagesDropped;
     for (let i = 0; i < 100 && (await dropped()) === 0; i++) await sleep(100);
-    const after = await records(storage);
+    const after = await imageRecords(storage);
     expect([...after.keys()]).toEqual(['jq']);
     const jqBlobs = new Set(after.get('jq')!.blobs);
     for (const d of hello.blobs) {
