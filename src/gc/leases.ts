@@ -1,9 +1,19 @@
 /**
  * How a build keeps a collector from deleting what it is about to reference.
  *
+ * A blob the build writes (a new layer, the config, a manifest) is named in
+ * the build's lease (records/leases/<id>), and that lease write has
+ * finished, before the blob becomes visible under blobs/ (persistBlob's
+ * `beforeVisible`, or before putBlob). A pass lists blobs before it reads
+ * leases, so a pass that lists the new blob reads the lease naming it.
+ * Without this, a pass with a short grace period listed a fresh layer,
+ * read leases before the build got to name it and deleted it; with passes
+ * every few hundred ms on GCS, builds lost blobs three times running and
+ * failed (test/integration/gc-gcs.test.ts).
+ *
  * A build that has every blob of its image (reused layers, new layers, the
- * config, both manifests) first writes a lease naming them
- * (records/leases/<id>), then marks each blob used
+ * config, both manifests) then writes the complete lease naming them, then
+ * marks each blob used
  * (`markBlobUsed`, atomic against `deleteBlobIfUnchanged`), and only then
  * writes the manifest record; the lease is removed after the record is
  * written. A blob whose mark fails was deleted by a pass meanwhile: the
@@ -15,6 +25,15 @@
  * it, with the version it listed. Why no interleaving loses a blob:
  *
  * - Lease written before the pass read leases: the pass skips the blob.
+ * - New blob, pass listed blobs before it appeared: the pass does not know
+ *   it. Appeared before the listing: its lease was written earlier still,
+ *   so before the pass read leases: skipped (the case above).
+ * - New blob written over an older copy of the same digest the pass listed
+ *   (persistBlob always writes a new version): the delete names the old
+ *   version and fails; or it lands first and the write creates it anew.
+ * - Reused blob (a layer record's blob, a config or manifest already
+ *   stored): named in the lease in the background as it is found, and
+ *   marked after the complete lease, as below.
  * - Lease written after the pass read leases: the build's mark comes later
  *   still, so after the pass listed the blob's version. If the mark lands
  *   before the delete, the version changed and the delete fails; if the
@@ -79,36 +98,40 @@ export async function readLeases(storage: StorageBackend, now: number): Promise<
 }
 
 /**
- * A build's lease, kept up to date while the build stores blobs: each layer
- * is added as soon as it is stored or found, so a pass skips it from then
- * on, not only from the end of the build. Without it a pass with a short
- * grace period deletes a build's fresh layers while it packs the rest, and
- * the build has to start again (the soak test saw builds give up after
- * three tries). `protect` then writes the complete lease and marks every
- * blob, as the protocol above requires.
+ * A build's lease, kept up to date while the build stores blobs: a new blob
+ * is added before it becomes visible, a found one as soon as it is found,
+ * so a pass skips it from then on, not only from the end of the build.
+ * `protect` then writes the complete lease and marks every blob, as the
+ * protocol above requires.
  */
 export class BuildLease {
   readonly id = newLeaseId();
   private readonly digests = new Set<Digest>();
   private writing: Promise<void> = Promise.resolve();
-  private dirty = false;
+  private pending: Promise<void> | undefined;
 
   constructor(
     private readonly storage: StorageBackend,
     private readonly now: () => number,
   ) {}
 
-  /** Adds blobs; the record is rewritten in the background (one write at a time, coalesced). */
-  add(digests: readonly Digest[]): void {
+  /**
+   * Adds blobs; the record is rewritten (one write at a time, coalesced).
+   * Resolves once a write naming them has finished, and rejects if it
+   * failed: await it before a new blob becomes visible; ignore it for a
+   * found blob (the marks in `protect` catch a deletion).
+   */
+  add(digests: readonly Digest[]): Promise<void> {
     for (const d of digests) this.digests.add(d);
-    if (this.dirty) return;
-    this.dirty = true;
-    this.writing = this.writing.then(async () => {
-      this.dirty = false;
-      await this.storage
-        .putRecord('leases', this.id, Buffer.from(JSON.stringify({ at: this.now(), digests: [...this.digests] } satisfies LeaseRecord)))
-        .catch(() => undefined);
+    if (this.pending) return this.pending;
+    const write = this.writing.then(async () => {
+      // From here on an add needs the next write: this one has its list.
+      this.pending = undefined;
+      await this.storage.putRecord('leases', this.id, Buffer.from(JSON.stringify({ at: this.now(), digests: [...this.digests] } satisfies LeaseRecord)));
     });
+    this.pending = write;
+    this.writing = write.catch(() => undefined);
+    return write;
   }
 
   /** The complete lease, then marks; returns the digests that no longer exist. */

@@ -106,7 +106,9 @@ export async function runPass(deps: PassDeps, opts: { dryRun?: boolean } = {}): 
     { keepMs: settings.keepMs, maxBytes: settings.maxBytes, protectMs: settings.protectMs },
   );
   const dropKeys = new Set(retention.drop.map((i) => i.key));
-  const dropped = images.filter((i) => dropKeys.has(i.key));
+  const byKey = new Map(images.map((i) => [i.key, i]));
+  // In the policy's order: least recently pulled first.
+  const dropped = retention.drop.map((u) => byKey.get(u.key) as LoadedImage);
 
   // 2. Records first, then every replica's memory, then (3-4) blobs.
   if (!dryRun && dropped.length > 0) {

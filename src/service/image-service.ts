@@ -299,6 +299,7 @@ export class ImageService {
       const assembled = assembleManifests(platform.config, platform.layers);
       for (const type of MANIFEST_TYPES) {
         const m = assembled[type];
+        await lease.add([m.digest as Digest]);
         await storage.putBlob(type, m.bytes);
         manifests[type] = { digest: m.digest as Digest, size: m.size };
       }

@@ -96,8 +96,11 @@ export class PlatformBuilder {
     arch: Architecture,
     resolved: ResolvedSource,
     signal: AbortSignal | undefined,
-    /** Told each blob as soon as it is stored or found (the build's GC lease). */
-    hold: (digests: Digest[]) => void = () => undefined,
+    /**
+     * The build's GC lease (gc/leases.ts): told each blob it writes before
+     * the blob becomes visible (awaited) and each one it finds.
+     */
+    hold: (digests: Digest[]) => Promise<void> = async () => undefined,
   ): Promise<PlatformImage> {
     const { nix, storage, now } = this.deps;
     const platform = arch.ociArch;
@@ -128,7 +131,7 @@ export class PlatformBuilder {
     packages: readonly string[],
     arch: Architecture,
     signal: AbortSignal | undefined,
-    hold: (digests: Digest[]) => void,
+    hold: (digests: Digest[]) => Promise<void>,
   ): Promise<PlatformImage> {
     const { nix, storage, now } = this.deps;
     const platform = arch.ociArch;
@@ -141,13 +144,14 @@ export class PlatformBuilder {
     const groups = groupLayers(graph, this.deps.popularity, this.deps.layerBudget - 1);
 
     phase('pack');
+    // A found layer is named in the background; a new one was named before it became visible.
     const held = (l: Promise<LayerInfo>) =>
       l.then((info) => {
-        hold([info.digest as Digest]);
+        void hold([info.digest as Digest]).catch(() => undefined);
         return info;
       });
     const storeLayers = groups.map((g) =>
-      held(this.layer(build, platform, g.paths.map(storePathName).join(', '), g.paths, () => this.deps.reader.storePathSegments(g.paths), signal)),
+      held(this.layer(build, platform, g.paths.map(storePathName).join(', '), g.paths, () => this.deps.reader.storePathSegments(g.paths), signal, hold)),
     );
     // Package order decides symlink conflicts: the image's sorted package order.
     const forestRoots = pkgs.map((p) => p.out);
@@ -156,14 +160,14 @@ export class PlatformBuilder {
         const plan = await this.deps.reader.symlinkLayerEntries(forestRoots);
         if (plan.conflicts.length > 0) this.deps.log.info({ image: build.image, conflicts: plan.conflicts }, 'symlink layer conflicts');
         return [{ entries: () => plan.entries }];
-      }, signal),
+      }, signal, hold),
     );
     const layers: LayerInfo[] = await Promise.all([...storeLayers, symlinkLayer]);
 
     phase('manifest');
     const config = buildImageConfig({ arch, layers, hasShell: packages.includes('bashInteractive') });
+    await hold([config.digest as Digest]);
     await storage.putBlob(MediaType.ociConfig, config.bytes);
-    hold([config.digest as Digest]);
     return {
       platform: { os: 'linux', architecture: arch.ociArch },
       config: { digest: config.digest as Digest, size: config.size },
@@ -212,6 +216,7 @@ export class PlatformBuilder {
     keyParts: readonly string[],
     segments: () => readonly LayerSegment[] | Promise<readonly LayerSegment[]>,
     signal: AbortSignal | undefined,
+    hold: (digests: Digest[]) => Promise<void>,
   ): Promise<LayerInfo> {
     const key = hashKey(LAYER_KEY_VERSION, ...keyParts);
     const { storage, now } = this.deps;
@@ -227,7 +232,9 @@ export class PlatformBuilder {
         reused = false;
         const stored = await this.packLimit(async () => {
           const source = await segments();
-          const r = await storage.persistBlob(MediaType.ociLayer, (out) => this.deps.pack(source, out, { signal }));
+          const r = await storage.persistBlob(MediaType.ociLayer, (out) => this.deps.pack(source, out, { signal }), {
+            beforeVisible: (d) => hold([d]),
+          });
           if (r.digest !== r.value.digest) throw new Error(`layer digest mismatch: packed ${r.value.digest}, stored ${r.digest}`);
           cachedBytes = r.value.cachedBytes;
           return { digest: r.digest, size: r.size, diffId: r.value.diffId };

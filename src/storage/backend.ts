@@ -66,6 +66,10 @@ export type ServedBlob =
     }
   | { readonly kind: 'redirect'; readonly info: BlobInfo; readonly url: string };
 
+export interface PersistOptions {
+  readonly beforeVisible?: (digest: Digest) => Promise<void>;
+}
+
 export interface PersistResult<T> {
   readonly digest: Digest;
   readonly size: number;
@@ -100,8 +104,11 @@ export interface StorageBackend {
    * stores them under blobs/sha256/<hex> with the media type, and returns the
    * digest. A failed or aborted write leaves nothing under blobs/. It always
    * writes, even over the same blob: usedAt = now and a new version.
+   * `beforeVisible` is awaited with the digest once the bytes are hashed and
+   * before the blob appears under blobs/ (a build names it in its GC lease
+   * there: gc/leases.ts); if it throws, nothing appears.
    */
-  persistBlob<T>(mediaType: string, write: (out: Writable) => Promise<T>): Promise<PersistResult<T>>;
+  persistBlob<T>(mediaType: string, write: (out: Writable) => Promise<T>, opts?: PersistOptions): Promise<PersistResult<T>>;
 
   /**
    * Stores a small blob whose bytes are already in memory (configs,

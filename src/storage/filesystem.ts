@@ -51,6 +51,7 @@ import {
   isRecordKey,
   type BlobInfo,
   type ByteRange,
+  type PersistOptions,
   type PersistResult,
   type RecordEntry,
   type RecordKind,
@@ -112,13 +113,14 @@ export class FilesystemStorage implements StorageBackend {
     await utimes(staging, t, t);
   }
 
-  async persistBlob<T>(mediaType: string, write: (out: Writable) => Promise<T>): Promise<PersistResult<T>> {
+  async persistBlob<T>(mediaType: string, write: (out: Writable) => Promise<T>, opts: PersistOptions = {}): Promise<PersistResult<T>> {
     const staging = this.stagingPath();
     const hasher = new HashingStream({ highWaterMark: 1 << 20 });
     const done = pipeline(hasher, createWriteStream(staging, { flags: 'wx', highWaterMark: 1 << 20 }));
     try {
       const [value] = await Promise.all([write(hasher), done]);
       const { digest, size } = hasher.result();
+      await opts.beforeVisible?.(digest);
       await this.finishBlob(staging, mediaType);
       await rename(staging, this.blobPath(digest));
       return { digest, size, value };

@@ -69,6 +69,7 @@ import {
   isRecordKey,
   type BlobInfo,
   type ByteRange,
+  type PersistOptions,
   type PersistResult,
   type RecordEntry,
   type RecordKind,
@@ -175,7 +176,7 @@ export class GcsStorage implements StorageBackend {
     return this.bucket.file(`staging/${randomUUID()}`);
   }
 
-  async persistBlob<T>(mediaType: string, write: (out: Writable) => Promise<T>): Promise<PersistResult<T>> {
+  async persistBlob<T>(mediaType: string, write: (out: Writable) => Promise<T>, opts: PersistOptions = {}): Promise<PersistResult<T>> {
     const staging = this.stagingFile();
     const hasher = new HashingStream({ highWaterMark: 1 << 20 });
     const upload = staging.createWriteStream({
@@ -205,6 +206,7 @@ export class GcsStorage implements StorageBackend {
     try {
       const [value] = await Promise.all([written, done]);
       const { digest, size } = hasher.result();
+      await opts.beforeVisible?.(digest);
       await staging.copy(this.blobFile(digest), { contentType: mediaType, metadata: { [USED_AT]: this.clock() } });
       await this.removeStaging(staging);
       return { digest, size, value };

@@ -20,6 +20,7 @@ import {
   assertRecordKey,
   type BlobInfo,
   type ByteRange,
+  type PersistOptions,
   type PersistResult,
   type RecordEntry,
   type RecordKind,
@@ -79,7 +80,7 @@ export class MemoryStorage implements StorageBackend {
     this.blobs.set(digest, { bytes, mediaType, usedAt: this.now(), version: nextVersion() });
   }
 
-  async persistBlob<T>(mediaType: string, write: (out: Writable) => Promise<T>): Promise<PersistResult<T>> {
+  async persistBlob<T>(mediaType: string, write: (out: Writable) => Promise<T>, opts: PersistOptions = {}): Promise<PersistResult<T>> {
     const hasher = new HashingStream();
     const chunks: Buffer[] = [];
     const sink = new Writable({
@@ -95,6 +96,7 @@ export class MemoryStorage implements StorageBackend {
       const [value] = await Promise.all([write(hasher), done]);
       const { digest, size } = hasher.result();
       if (staging.removed) throw new StorageError('memory storage: writing a blob: its staging object was removed (cleanStaging)');
+      await opts.beforeVisible?.(digest);
       this.store(digest, Buffer.concat(chunks), mediaType);
       return { digest, size, value };
     } catch (e) {

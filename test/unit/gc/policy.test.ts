@@ -31,10 +31,19 @@ describe('chooseDrops', () => {
     expect(all.projectedBytes).toBe(0);
   });
 
-  it('counts bytes that stay anyway (young or leased blobs) and never drops an image pulled within protectMs', () => {
-    const r = chooseDrops(images, size, 1000, NOW, { maxBytes: 500, keepMs: 0, protectMs: DAY });
+  it('never drops an image pulled within protectMs, even over the limit, and projects the excess', () => {
+    const r = chooseDrops(images, size, 0, NOW, { maxBytes: 50, keepMs: 0, protectMs: DAY });
     expect(r.drop.map((i) => i.key)).toEqual(['A', 'B']);
     expect(r.keep.map((i) => i.key)).toEqual(['C']);
-    expect(r.projectedBytes).toBe(1130);
+    expect(r.imageBytes).toBe(130);
+  });
+
+  it('does not drop images for bytes that stay anyway (young unreferenced or leased blobs), but projects them', () => {
+    // 160 bytes of images fit under 200; 1000 young bytes do not, and dropping cannot free them.
+    const r = chooseDrops(images, size, 1000, NOW, { maxBytes: 200, protectMs: 0 });
+    expect(r.drop).toEqual([]);
+    expect(r.imageBytes).toBe(160);
+    expect(r.projectedBytes).toBe(1160);
+    expect(chooseDrops(images, size, 1000, NOW, { maxBytes: 150, protectMs: 0 }).drop.map((i) => i.key)).toEqual(['A']);
   });
 });
