@@ -16,8 +16,8 @@ import { storePathSegments, symlinkLayerEntries } from './layers/walk.js';
 import type { Logger } from './log.js';
 import { ExecaNixRunner, type NixRunner, type NixRunnerStats } from './nix/runner.js';
 import { ChannelSource, GitSource, PathSource, type PackageSourceResolver } from './nix/sources.js';
-import { GarbageCollector } from './gc/collector.js';
-import { collectIfLow, DEFAULT_GCROOTS_PARENT, GcRoots, shieldFromCollection } from './gc/nix-store.js';
+import { GarbageCollector, type NixStoreCollector } from './gc/collector.js';
+import { collectIfLow, DEFAULT_GCROOTS_PARENT, DEFAULT_STORE_DIR, freeSpace, GcRoots, minFreeBytes, shieldFromCollection, type MinFree } from './gc/nix-store.js';
 import { ImageService } from './service/image-service.js';
 import { collectStats, recordFailures, type ImageServiceStats } from './service/observers.js';
 import type { LayerReader, StoreRoots } from './service/platform-build.js';
@@ -110,7 +110,7 @@ export async function createRuntime(config: Config, log: Logger, adapters: Runti
     config: config.gc,
     log,
     forgetCaches: () => service.forgetCaches(),
-    ...(minFree !== undefined ? { nixStore: () => collectIfLow({ minFree, env: nixEnv, signal: shutdown.signal }) } : {}),
+    ...(minFree !== undefined ? { nixStore: nixStoreCollector(minFree, nixEnv, shutdown.signal) } : {}),
   });
   service.subscribe((e) => {
     if (e.type !== 'pulled') return;
@@ -214,4 +214,18 @@ async function makeStorage(config: Config): Promise<StorageBackend> {
     if (e instanceof StorageError) throw new ConfigError([`GCS_BUCKET: ${e.message}`]);
     throw e;
   }
+}
+
+function nixStoreCollector(minFree: MinFree, env: Readonly<Record<string, string>>, signal: AbortSignal): NixStoreCollector {
+  const space = async () => {
+    const s = await freeSpace(DEFAULT_STORE_DIR);
+    return { ...s, thresholdBytes: minFreeBytes(minFree, s.totalBytes) };
+  };
+  return {
+    collect: async () => {
+      const r = await collectIfLow({ minFree, env, signal });
+      return { ran: r.ran, freedBytes: r.freedBytes, after: { ...r.after, thresholdBytes: r.thresholdBytes } };
+    },
+    space,
+  };
 }

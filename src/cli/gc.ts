@@ -13,7 +13,7 @@ import { loadConfig, type Env } from '../config.js';
 import { ConfigError } from '../errors.js';
 import { createLogger } from '../log.js';
 import { createRuntime } from '../runtime.js';
-import type { PassReport } from '../gc/pass.js';
+import type { GcReport } from '../gc/collector.js';
 
 const USAGE = `usage: nixery-ts gc [--dry-run] [--json]
 
@@ -27,7 +27,7 @@ NIXERY_GC_GRACE, storage settings). Safe beside running servers.
 
 const mb = (n: number) => `${(n / 1e6).toFixed(1)} MB`;
 
-export function formatReport(r: PassReport & { nixBytesFreed?: number }): string {
+export function formatReport(r: GcReport): string {
   const verb = r.dryRun ? 'would drop' : 'dropped';
   const lines = [`${r.dryRun ? 'dry run: ' : ''}${verb} ${r.images.length} image(s), kept ${r.imagesKept}`];
   for (const i of r.images) {
@@ -36,7 +36,12 @@ export function formatReport(r: PassReport & { nixBytesFreed?: number }): string
   }
   lines.push(`${r.dryRun ? 'would delete' : 'deleted'} ${r.blobs.count} blob(s), ${mb(r.blobs.bytes)}; ${r.layerRecords} layer record(s)`);
   lines.push(`blob storage: ${mb(r.bytesBefore)} before, ${mb(r.bytesAfter)} after`);
-  if (r.nixBytesFreed !== undefined && !r.dryRun) lines.push(`Nix store: ${mb(r.nixBytesFreed)} freed`);
+  if (r.overLimitBytes > 0) lines.push(`  ${mb(r.overLimitBytes)} over NIXERY_GC_MAX_BYTES: the images holding it were pulled too recently to drop`);
+  const n = r.nixStore;
+  if (n) {
+    const todo = n.shortfallBytes > 0 ? `${r.dryRun ? 'a collection would free' : 'still short by'} ${mb(n.shortfallBytes)}` : 'no collection needed';
+    lines.push(`Nix store: ${r.dryRun ? '' : `${mb(r.nixBytesFreed)} freed; `}${mb(n.freeBytes)} free of ${mb(n.totalBytes)}, NIXERY_NIX_GC_MIN_FREE ${mb(n.thresholdBytes)}: ${todo}`);
+  }
   return `${lines.join('\n')}\n`;
 }
 

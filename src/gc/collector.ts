@@ -16,8 +16,30 @@ import { UsageTracker } from './usage.js';
 /** Staging objects younger than this may be writes in progress (a big layer upload). */
 const STAGING_MIN_AGE_MS = 3600 * 1000;
 
-/** A Nix store collection, when the store runs low; supplied by the runtime. */
-export type NixStoreCollector = () => Promise<{ ran: boolean; freedBytes: number } | undefined>;
+/** The Nix store's filesystem and NIXERY_NIX_GC_MIN_FREE in bytes. */
+export interface NixStoreSpace {
+  readonly freeBytes: number;
+  readonly totalBytes: number;
+  readonly thresholdBytes: number;
+}
+
+/** Nix store collection, supplied by the runtime when NIXERY_NIX_GC_MIN_FREE is set. */
+export interface NixStoreCollector {
+  /** Collects when the store runs low; the space after. */
+  collect(): Promise<{ ran: boolean; freedBytes: number; after: NixStoreSpace }>;
+  /** The space now (for a dry run). */
+  space(): Promise<NixStoreSpace>;
+}
+
+/** The Nix store in a pass report: space after the pass and, when it is low, what a collection asks for. */
+export interface NixStoreReport extends NixStoreSpace {
+  /** Bytes below the threshold: what a collection frees (a dry run: would free) at most. */
+  readonly shortfallBytes: number;
+}
+
+export type GcReport = PassReport & { readonly nixBytesFreed: number; readonly nixStore?: NixStoreReport };
+
+const nixReport = (s: NixStoreSpace): NixStoreReport => ({ ...s, shortfallBytes: Math.max(0, s.thresholdBytes - s.freeBytes) });
 
 export interface GcStats {
   passes: number;
@@ -28,7 +50,7 @@ export interface GcStats {
   failures: number;
   /** Blob bytes in storage after the last pass. */
   storageBytes: number | undefined;
-  lastPass: (PassReport & { readonly nixBytesFreed: number }) | undefined;
+  lastPass: GcReport | undefined;
 }
 
 export function gcSettings(config: GcConfig): GcSettings {
@@ -59,7 +81,7 @@ export class GarbageCollector {
   private readonly watcher: GenerationWatcher;
   private readonly settings: GcSettings;
   private timer: NodeJS.Timeout | undefined;
-  private running: Promise<PassReport & { readonly nixBytesFreed: number }> | undefined;
+  private running: Promise<GcReport> | undefined;
 
   constructor(
     private readonly deps: {
@@ -106,13 +128,13 @@ export class GarbageCollector {
    * One pass now; a call while one runs joins it (and is not counted
    * twice). A dry run deletes nothing and counts nothing.
    */
-  run(opts: { dryRun?: boolean } = {}): Promise<PassReport & { readonly nixBytesFreed: number }> {
-    if (opts.dryRun) return this.pass(true).then((r) => ({ ...r, nixBytesFreed: 0 }));
+  run(opts: { dryRun?: boolean } = {}): Promise<GcReport> {
+    if (opts.dryRun) return this.dryRun();
     this.running ??= this.passAndRecord().finally(() => (this.running = undefined));
     return this.running;
   }
 
-  private async passAndRecord(): Promise<PassReport & { readonly nixBytesFreed: number }> {
+  private async passAndRecord(): Promise<GcReport> {
     let report: PassReport;
     try {
       report = await this.pass(false);
@@ -122,8 +144,11 @@ export class GarbageCollector {
       throw e;
     }
     let nixBytesFreed = 0;
+    let nixStore: NixStoreReport | undefined;
     try {
-      nixBytesFreed = (await this.deps.nixStore?.())?.freedBytes ?? 0;
+      const r = await this.deps.nixStore?.collect();
+      nixBytesFreed = r?.freedBytes ?? 0;
+      nixStore = r && nixReport(r.after);
     } catch (e) {
       this.deps.log.error({ err: (e as Error).message }, 'Nix store garbage collection failed');
     }
@@ -134,7 +159,13 @@ export class GarbageCollector {
     s.bytesDeleted += report.blobs.bytes;
     s.nixBytesFreed += nixBytesFreed;
     s.storageBytes = report.bytesAfter;
-    s.lastPass = { ...report, nixBytesFreed };
+    s.lastPass = { ...report, nixBytesFreed, ...(nixStore ? { nixStore } : {}) };
+    if (report.overLimitBytes > 0) {
+      this.deps.log.warn(
+        { overLimitBytes: report.overLimitBytes, maxBytes: this.settings.maxBytes },
+        'blob storage stays over NIXERY_GC_MAX_BYTES: the images over it were pulled too recently to drop',
+      );
+    }
     this.deps.log.info(
       {
         imagesDropped: report.images.length,
@@ -150,6 +181,12 @@ export class GarbageCollector {
       'garbage collection pass',
     );
     return s.lastPass;
+  }
+
+  private async dryRun(): Promise<GcReport> {
+    const report = await this.pass(true);
+    const space = await this.deps.nixStore?.space();
+    return { ...report, nixBytesFreed: 0, ...(space ? { nixStore: nixReport(space) } : {}) };
   }
 
   private async pass(dryRun: boolean): Promise<PassReport> {

@@ -74,6 +74,11 @@ export interface PassReport {
   /** Blob bytes in storage before and after the pass. */
   readonly bytesBefore: number;
   readonly bytesAfter: number;
+  /**
+   * By how much what the kept images hold exceeds NIXERY_GC_MAX_BYTES
+   * (0 within it or without a limit): images pulled too recently to drop.
+   */
+  readonly overLimitBytes: number;
 }
 
 interface LoadedImage {
@@ -176,6 +181,7 @@ export async function runPass(deps: PassDeps, opts: { dryRun?: boolean } = {}): 
     staging,
     bytesBefore,
     bytesAfter,
+    overLimitBytes: settings.maxBytes === undefined ? 0 : Math.max(0, retention.imageBytes - settings.maxBytes),
   };
 }
 

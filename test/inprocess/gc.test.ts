@@ -124,6 +124,27 @@ describe('garbage collection', () => {
     expect((await r.service.manifest(parseImageName('big1', 'latest'), OCI)).digest).toMatch(/^sha256:/);
   });
 
+  it('never drops an image pulled within two usage flushes, even over NIXERY_GC_MAX_BYTES, and reports by how much storage stays over', async () => {
+    const c = clock();
+    const r = await registry({ now: c.now, packages: PACKAGES, env: { NIXERY_GC_MAX_BYTES: '1k' } });
+    await r.service.manifest(parseImageName('big1', 'latest'), OCI);
+    let total = 0;
+    for await (const b of r.storage.listBlobs()) total += b.size;
+
+    const hot = await r.runtime.gc.run();
+    expect(hot.images).toEqual([]);
+    expect(hot.imagesKept).toBe(1);
+    expect(hot.overLimitBytes).toBe(total - 1024);
+    expect(r.runtime.gc.stats.lastPass?.overLimitBytes).toBe(total - 1024);
+
+    // Not pulled for longer than two flushes: it goes, and nothing is over.
+    c.advance(DAY);
+    const cold = await r.runtime.gc.run();
+    expect(cold.images.map((i) => i.packages.find((p) => p.startsWith('big')))).toEqual(['big1']);
+    expect(cold.overLimitBytes).toBe(0);
+    expect(cold.bytesAfter).toBe(0);
+  });
+
   it('a dry run deletes nothing, and its report is what the next real pass deletes', async () => {
     const c = clock();
     const r = await registry({ now: c.now, env: { NIXERY_GC_KEEP_DAYS: '1' } });

@@ -15,6 +15,8 @@
  *   verified, no record left pointing at a missing blob.
  * - A server holding an image in memory while the other server's pass drops
  *   it: the generation makes it forget, and its next pull builds again.
+ * - `gc --dry-run` with NIXERY_NIX_GC_MIN_FREE: the Nix store's filesystem,
+ *   the threshold and what a collection would free (never a collection).
  *
  * The servers reach the emulator through a proxy that applies GCS's delete
  * preconditions (the emulator ignores them, and the collector's conditional
@@ -25,9 +27,10 @@
  */
 import { spawn } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
+import type { GcReport } from '../../src/gc/collector.js';
 import type { PassReport } from '../../src/gc/pass.js';
 import type { StorageBackend } from '../../src/storage/backend.js';
 import { FilesystemStorage } from '../../src/storage/filesystem.js';
@@ -381,5 +384,41 @@ describe('garbage collection on gcs, two servers', () => {
     expect(await inChroot(again.rootfs, ['hello'])).toMatch(/Hello/);
     expect((await a.stats()).builds).toBe(2);
     expect(hello.manifests).toContain(await layoutDigest(again.layout));
+  });
+});
+
+describe('the gc command and the Nix store', () => {
+  it('a dry run with NIXERY_NIX_GC_MIN_FREE reports the store filesystem, the threshold and what a collection would free, and collects nothing', async () => {
+    const storagePath = await scratch('nixery-gc-cli-nix-');
+    const env = { ...demoServerEnv(storagePath), NIXERY_GC_GRACE: '0' };
+    const before = await statfs('/nix/store');
+    const total = before.blocks * before.bsize;
+    const storeEntries = (await readdir('/nix/store')).length;
+
+    // 100%: the store can never have that much free; a collection is due.
+    const low = await gcCommand(['--dry-run', '--json'], { ...env, NIXERY_NIX_GC_MIN_FREE: '100%' });
+    expect(low.stderr).toBe('');
+    expect(low.code).toBe(0);
+    const report = JSON.parse(low.stdout) as GcReport;
+    expect(report.nixStore).toBeDefined();
+    const n = report.nixStore!;
+    expect(n.totalBytes).toBe(total);
+    expect(n.thresholdBytes).toBe(total);
+    expect(n.freeBytes).toBeGreaterThan(0);
+    expect(n.shortfallBytes).toBe(total - n.freeBytes);
+    expect(report.nixBytesFreed).toBe(0);
+    const human = await gcCommand(['--dry-run'], { ...env, NIXERY_NIX_GC_MIN_FREE: '100%' });
+    expect(human.code).toBe(0);
+    expect(human.stdout).toMatch(/^Nix store: [\d.]+ MB free of [\d.]+ MB, NIXERY_NIX_GC_MIN_FREE [\d.]+ MB: a collection would free [\d.]+ MB$/m);
+    // A dry run never runs Nix's collector: every store path is still there.
+    expect((await readdir('/nix/store')).length).toBeGreaterThanOrEqual(storeEntries);
+
+    // 1 KiB: always free; nothing to collect.
+    const fine = await gcCommand(['--dry-run'], { ...env, NIXERY_NIX_GC_MIN_FREE: '1k' });
+    expect(fine.code).toBe(0);
+    expect(fine.stdout).toMatch(/^Nix store: .*: no collection needed$/m);
+    // Without the setting the report says nothing about the store.
+    const off = await gcCommand(['--dry-run', '--json'], env);
+    expect((JSON.parse(off.stdout) as GcReport).nixStore).toBeUndefined();
   });
 });
