@@ -113,6 +113,32 @@ export function storageContract(name: string, make: (now: () => number) => Promi
       expect((await s.readBlob(r.digest))?.equals(bytes)).toBe(true);
     });
 
+    it('calls beforeVisible with the digest before the blob appears, and stores nothing when it throws (a GC lease is written there)', async () => {
+      const s = await make(testClock());
+      const bytes = payload(11);
+      const seen: Array<{ digest: string; visible: boolean }> = [];
+      const r = await s.persistBlob('application/octet-stream', writeAll(bytes), {
+        beforeVisible: async (d) => {
+          seen.push({ digest: d, visible: (await s.statBlob(d)) !== undefined });
+        },
+      });
+      expect(seen).toEqual([{ digest: sha(bytes), visible: false }]);
+      expect(await s.statBlob(r.digest)).toBeDefined();
+
+      const other = payload(12);
+      await expect(
+        s.persistBlob('application/octet-stream', writeAll(other), {
+          beforeVisible: async () => {
+            throw new Error('lease not written');
+          },
+        }),
+      ).rejects.toThrow('lease not written');
+      expect(await s.statBlob(sha(other))).toBeUndefined();
+      const listed: string[] = [];
+      for await (const b of s.listBlobs()) listed.push(b.digest);
+      expect(listed).toEqual([r.digest]);
+    });
+
     it('serves a whole blob and byte ranges', async () => {
       const s = await make(testClock());
       const bytes = payload(2);

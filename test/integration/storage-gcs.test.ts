@@ -13,8 +13,6 @@
  */
 import { createHash, randomUUID } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Readable, type Writable } from 'node:stream';
@@ -25,6 +23,7 @@ import { sha256Digest } from '../../src/digest.js';
 import { StorageError } from '../../src/errors.js';
 import type { StorageBackend } from '../../src/storage/backend.js';
 import { GcsStorage, explainGcsError } from '../../src/storage/gcs.js';
+import { startPreconditionProxy, type PreconditionProxy } from '../helpers/gc.js';
 import { startGcsEmulator, type GcsEmulator } from '../helpers/gcs-emulator.js';
 import { storageContract } from '../helpers/storage-contract.js';
 
@@ -74,105 +73,6 @@ storageContract('gcs, bare emulator', (now) => contractBackend(now, emu.url), {
 storageContract('gcs, emulator behind a proxy applying GCS delete preconditions', (now) => contractBackend(now, proxy.url), {
   strandStaging,
 });
-
-interface PreconditionProxy {
-  readonly url: string;
-  stop(): Promise<void>;
-}
-
-/**
- * GCS's conditional delete in front of the emulator, which ignores it: a
- * DELETE carrying ifGenerationMatch / ifMetagenerationMatch gets 412
- * conditionNotMet unless the object's generation and metageneration are
- * those, as on GCS. Requests that change an object (PATCH, DELETE, a
- * rewriteTo it) run one at a time per object, so the check and the delete
- * are atomic against a mark, as GCS guarantees. Everything else is passed
- * through as it is. The backend sends its requests here unchanged, so the
- * runs through it test what it sends and how it reads the answers.
- */
-async function startPreconditionProxy(upstream: string): Promise<PreconditionProxy> {
-  const up = new URL(upstream);
-  const queues = new Map<string, Promise<unknown>>();
-  const oneAtATime = (key: string, fn: () => Promise<void>): void => {
-    const run = (queues.get(key) ?? Promise.resolve()).then(fn, fn);
-    const settled = run.catch(() => undefined);
-    queues.set(key, settled);
-    void settled.then(() => {
-      if (queues.get(key) === settled) queues.delete(key);
-    });
-  };
-  // Resolves once the upstream answer has been passed on.
-  const forward = (req: http.IncomingMessage, res: http.ServerResponse, body?: Buffer): Promise<void> =>
-    new Promise<void>((resolve) => {
-      const out = http.request(
-        { host: up.hostname, port: up.port, method: req.method, path: req.url, headers: req.headers },
-        (answer) => {
-          res.writeHead(answer.statusCode ?? 502, answer.headers);
-          answer.pipe(res);
-          answer.on('end', resolve);
-          answer.on('error', () => resolve());
-        },
-      );
-      out.on('error', () => {
-        res.destroy();
-        resolve();
-      });
-      if (body === undefined) req.pipe(out);
-      else out.end(body);
-    });
-  const readBody = async (req: http.IncomingMessage): Promise<Buffer> => {
-    const chunks: Buffer[] = [];
-    for await (const c of req) chunks.push(c as Buffer);
-    return Buffer.concat(chunks);
-  };
-  const server = http.createServer((req, res) => {
-    const url = new URL(req.url ?? '/', 'http://proxy');
-    const object = /^\/(?:storage\/v1\/)?b\/([^/]+)\/o\/([^/]+)$/.exec(url.pathname);
-    const rewrite = /^\/(?:storage\/v1\/)?b\/[^/]+\/o\/[^/]+\/(?:rewriteTo|copyTo)\/b\/([^/]+)\/o\/([^/]+)$/.exec(url.pathname);
-    const target = req.method === 'POST' ? rewrite : req.method === 'PATCH' || req.method === 'DELETE' ? object : null;
-    if (target === null) {
-      void forward(req, res);
-      return;
-    }
-    const [, bucket, encodedName] = target as unknown as [string, string, string];
-    oneAtATime(`${bucket}/${decodeURIComponent(encodedName)}`, async () => {
-      const body = await readBody(req);
-      const ifGen = url.searchParams.get('ifGenerationMatch');
-      const ifMeta = url.searchParams.get('ifMetagenerationMatch');
-      if (req.method === 'DELETE' && (ifGen !== null || ifMeta !== null)) {
-        const now = await fetch(`${upstream}/storage/v1/b/${bucket}/o/${encodedName}`);
-        if (now.status === 200) {
-          const md = (await now.json()) as { generation: string; metageneration: string };
-          if ((ifGen !== null && ifGen !== String(md.generation)) || (ifMeta !== null && ifMeta !== String(md.metageneration))) {
-            res.writeHead(412, { 'Content-Type': 'application/json' });
-            res.end(
-              JSON.stringify({
-                error: {
-                  code: 412,
-                  message: 'At least one of the pre-conditions you specified did not hold.',
-                  errors: [{ reason: 'conditionNotMet', message: 'At least one of the pre-conditions you specified did not hold.' }],
-                },
-              }),
-            );
-            return;
-          }
-        } else {
-          await now.arrayBuffer();
-        }
-      }
-      await forward(req, res, body);
-    });
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  return {
-    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-    stop: () =>
-      new Promise<void>((resolve) => {
-        server.closeAllConnections();
-        server.close(() => resolve());
-      }),
-  };
-}
 
 interface ObjectResource {
   name: string;
