@@ -8,6 +8,7 @@
  */
 import { ConfigError } from './errors.js';
 import { parseMinFree, type MinFree } from './gc/nix-store.js';
+import { AMD64, ARCHITECTURES, ARM64, parsePlatform, platformName, type Architecture } from './image/name.js';
 
 export type Env = Readonly<Record<string, string | undefined>>;
 
@@ -70,6 +71,13 @@ export interface Config {
   readonly pack: { readonly threads: number | undefined; readonly cacheBytes: number };
   /** Garbage collection: retention (all optional) and the timings that keep it safe. */
   readonly gc: GcConfig;
+  /**
+   * NIXERY_PLATFORMS, in index order; more than one serves an index per tag.
+   * `defaultPlatform` is the one a client that accepts no index gets: the
+   * server's own when listed, else the first listed.
+   */
+  readonly platforms: readonly Architecture[];
+  readonly defaultPlatform: Architecture;
 }
 
 export interface GcConfig {
@@ -330,6 +338,33 @@ function parseAccess(r: Reader): Pick<Config, 'htpasswdFile' | 'anonymous' | 'tl
   return { htpasswdFile, anonymous, tls: certFile !== undefined && keyFile !== undefined ? { certFile, keyFile } : undefined };
 }
 
+/** The server's own platform. */
+export function hostPlatform(arch: string = process.arch): Architecture {
+  return arch === 'arm64' ? ARM64 : AMD64;
+}
+
+function parsePlatforms(r: Reader, host: Architecture): Pick<Config, 'platforms' | 'defaultPlatform'> {
+  const raw = r.str('NIXERY_PLATFORMS');
+  if (raw === undefined) return { platforms: [host], defaultPlatform: host };
+  const chosen = new Set<Architecture>();
+  for (const item of raw.split(',')) {
+    const arch = parsePlatform(item);
+    if (arch === undefined) {
+      const known = ARCHITECTURES.map(platformName).join(' and ');
+      r.problem('NIXERY_PLATFORMS', `${JSON.stringify(item.trim())} is not a platform this registry builds (use ${known}, comma-separated)`);
+      return { platforms: [host], defaultPlatform: host };
+    }
+    if (chosen.has(arch)) {
+      r.problem('NIXERY_PLATFORMS', `${platformName(arch)} is listed twice`);
+      return { platforms: [host], defaultPlatform: host };
+    }
+    chosen.add(arch);
+  }
+  // Index order is fixed (amd64, arm64), so the order written changes no digest.
+  const platforms = ARCHITECTURES.filter((a) => chosen.has(a));
+  return { platforms, defaultPlatform: chosen.has(host) ? host : platforms[0]! };
+}
+
 function parseMinFreeVar(r: Reader): MinFree | undefined {
   const raw = r.str('NIXERY_NIX_GC_MIN_FREE');
   if (raw === undefined) return undefined;
@@ -382,6 +417,7 @@ export function parseConfig(env: Env): Config {
       pollSeconds: r.duration('NIXERY_GC_POLL', 5, 0.1) as number,
       nixMinFree: parseMinFreeVar(r),
     },
+    ...parsePlatforms(r, hostPlatform()),
   };
   if (config.htpasswdFile !== undefined && config.storage?.kind === 'gcs' && config.storage.credentialsFile === undefined) {
     r.problem(

@@ -104,6 +104,7 @@ export async function main(env: Env): Promise<void> {
     now: runtime.now,
     ops: { metrics, checks: { storage: () => runtime.storage.check(), nix: () => runtime.nix.check() } },
     auth: authenticator(users, config.anonymous, runtime.now),
+    platforms: { all: config.platforms, default: config.defaultPlatform },
   });
 
   const packThreads = runtime.packer.threads;

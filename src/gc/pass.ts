@@ -22,7 +22,7 @@
  * Records are deleted before the blobs they point at, everywhere.
  */
 import type { Digest } from '../digest.js';
-import { decodeRecord, imageBlobs, type BuiltImage } from '../service/records.js';
+import { decodeStoredRecord, imageBlobs, isIndex, servedRefs, type StoredRecord } from '../service/records.js';
 import type { StorageBackend, StoredBlob } from '../storage/backend.js';
 import { bumpGeneration } from './generation.js';
 import { readLeases } from './leases.js';
@@ -83,7 +83,7 @@ export interface PassReport {
 
 interface LoadedImage {
   readonly key: string;
-  readonly image: BuiltImage | undefined;
+  readonly image: StoredRecord | undefined;
   readonly use: ImageUse;
   /** Usage ids: the key, and the manifests' digest hex (pulls by digest). */
   readonly usageIds: readonly string[];
@@ -197,11 +197,11 @@ async function loadImages(storage: StorageBackend): Promise<LoadedImage[]> {
   for await (const { key, updatedAt } of storage.listRecords('manifests')) {
     const raw = await storage.getRecord('manifests', key);
     if (raw === undefined) continue;
-    const image = decodeRecord(raw);
+    const image = decodeStoredRecord(raw);
     // An unreadable record is never served (the service treats it as a
     // miss): it holds nothing, and the oldest possible time drops it.
     const blobs = image === undefined ? [] : await blobsOf(storage, image);
-    const usageIds = [key, ...(image ? Object.values(image.manifests).map((m) => m.digest.slice('sha256:'.length)) : [])];
+    const usageIds = [key, ...(image ? servedRefs(image).map((m) => m.digest.slice('sha256:'.length)) : [])];
     // The last pull storage knows of; an image never pulled since it was
     // built (its pulls not flushed yet) counts from when its record was written.
     let pulled: number | undefined;
@@ -219,9 +219,9 @@ async function loadImages(storage: StorageBackend): Promise<LoadedImage[]> {
  * A record's blobs. Records written before blob lists were kept name only
  * their manifests: the layers and config are read from the manifests.
  */
-async function blobsOf(storage: StorageBackend, image: BuiltImage): Promise<string[]> {
+async function blobsOf(storage: StorageBackend, image: StoredRecord): Promise<string[]> {
   const listed = imageBlobs(image);
-  if (image.platforms.length > 0) return listed;
+  if (isIndex(image) || image.platforms.length > 0) return listed;
   const all = new Set<string>(listed);
   for (const m of Object.values(image.manifests)) {
     const raw = await storage.readBlob(m.digest);

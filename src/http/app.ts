@@ -15,9 +15,9 @@ import { requestId, type RequestIdVariables } from 'hono/request-id';
 import parseRange from 'range-parser';
 import { parseDigest, type Digest } from '../digest.js';
 import { BlobNotFoundError, ManifestNotFoundError, PageNotFoundError, RangeNotSatisfiableError, UnsupportedError } from '../errors.js';
-import { isValidTag, parseImageName, validateName } from '../image/name.js';
+import { AMD64, isValidTag, parseImageName, validateName, type Architecture } from '../image/name.js';
 import type { Logger } from '../log.js';
-import { MediaType, type ManifestMediaType } from '../manifest/build.js';
+import { MediaType, type IndexMediaType, type ManifestMediaType } from '../manifest/build.js';
 import type { ImageService, ServedManifest } from '../service/image-service.js';
 import type { RecentError } from '../service/recent-errors.js';
 import type { ByteRange, StorageBackend } from '../storage/backend.js';
@@ -46,6 +46,12 @@ export interface AppDeps {
   readonly ops?: OpsDeps;
   /** Who may pull and build; without it, anyone may (NIXERY_ANONYMOUS=build, no htpasswd). */
   readonly auth?: Authenticator;
+  /**
+   * NIXERY_PLATFORMS: with more than one, a tag is served as an index to a
+   * client that accepts one. `default` is built for names that do not pin a
+   * platform when no index is served. Without it: amd64 only.
+   */
+  readonly platforms?: { readonly all: readonly Architecture[]; readonly default: Architecture };
 }
 
 export type AppEnv = { Variables: RequestIdVariables & Partial<AuthVariables> };
@@ -124,18 +130,25 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
       : new UnsupportedError(`${method} (pushing and deleting)`);
   });
 
+  const platforms = deps.platforms ?? { all: [AMD64], default: AMD64 };
+
   async function manifest(c: Context<AppEnv>, name: string, reference: string): Promise<Response> {
     validateName(name);
     const ref = classifyReference(reference);
-    const served: ServedManifest =
-      ref.kind === 'digest'
-        ? await deps.service.manifestByDigest(ref.digest)
-        : await deps.service.manifest(parseImageName(name, reference), negotiate(c), { mayBuild: c.get('identity')?.mayBuild ?? true });
+    let served: ServedManifest;
+    if (ref.kind === 'digest') served = await deps.service.manifestByDigest(ref.digest);
+    else {
+      const spec = parseImageName(name, reference, platforms.default);
+      const opts = { mayBuild: c.get('identity')?.mayBuild ?? true };
+      const index = !spec.pinned && platforms.all.length > 1 ? negotiateIndex(c) : undefined;
+      served = index ? await deps.service.index(spec, platforms.all, index, opts) : await deps.service.manifest(spec, negotiate(c), opts);
+    }
     return reply(c, 200, new Uint8Array(served.bytes), {
       'Content-Type': served.mediaType,
       'Content-Length': String(served.bytes.length),
       'Docker-Content-Digest': served.digest,
       ...API_VERSION,
+      ...(served.missing?.length ? { [MISSING_PLATFORMS_HEADER]: served.missing.join(', ') } : {}),
     });
   }
 
@@ -204,6 +217,31 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   });
 
   return app;
+}
+
+/** On an index that leaves platforms out: which (`linux/arm64`), comma-separated. */
+export const MISSING_PLATFORMS_HEADER = 'Nixery-Missing-Platforms';
+
+/**
+ * The index flavour a client accepts, if it names one (exactly: a wildcard
+ * is not taken as understanding indexes) at least as gladly as any manifest
+ * type; OCI on a tie.
+ */
+function negotiateIndex(c: Context): IndexMediaType | undefined {
+  const entries = (c.req.header('Accept') ?? '')
+    .split(',')
+    .flatMap((part) => {
+      const [type, ...params] = part.split(';').map((s) => s.trim().toLowerCase());
+      if (!type) return [];
+      const q = params.map((p) => /^q=([0-9.]+)$/.exec(p)).find((m) => m !== null);
+      return [{ type, q: q ? Number(q[1]) : 1 }];
+    });
+  const quality = (type: string) => Math.max(0, ...entries.filter((e) => e.type === type).map((e) => e.q));
+  const oci = quality(MediaType.ociIndex);
+  const docker = quality(MediaType.dockerManifestList);
+  const best = Math.max(oci, docker);
+  if (best === 0 || best < Math.max(quality(MediaType.ociManifest), quality(MediaType.dockerManifest))) return undefined;
+  return oci >= docker ? MediaType.ociIndex : MediaType.dockerManifestList;
 }
 
 /**

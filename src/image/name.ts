@@ -1,10 +1,13 @@
 /**
  * From a registry name and tag to the image to build. Pure.
  *
- * The name's path components are package names (`shell/git/htop`). Two
- * meta-packages are recognised at the front only, as in Nixery:
- *   arm64  build for aarch64-linux instead of x86_64-linux
+ * The name's path components are package names (`shell/git/htop`).
+ * Meta-packages are recognised at the front only, as in Nixery:
+ *   arm64  build for aarch64-linux only (a plain manifest, never an index)
+ *   amd64  build for x86_64-linux only (likewise)
  *   shell  bashInteractive, coreutils, moreutils and nano
+ * A name without arm64/amd64 is built for the server's default platform,
+ * or for every configured platform when the client accepts an index.
  * `cacert` and `iana-etc` are added to every image (TLS and /etc/services),
  * and the package list is sorted and de-duplicated, so that `git/htop` and
  * `htop/git` are the same image and share every cache entry.
@@ -20,6 +23,19 @@ export interface Architecture {
 
 export const AMD64: Architecture = { nixSystem: 'x86_64-linux', ociArch: 'amd64' };
 export const ARM64: Architecture = { nixSystem: 'aarch64-linux', ociArch: 'arm64' };
+/** Every platform this registry builds for, in the order indexes list them. */
+export const ARCHITECTURES: readonly Architecture[] = [AMD64, ARM64];
+
+/** OCI platform notation: `linux/amd64`. */
+export function platformName(arch: Architecture): string {
+  return `linux/${arch.ociArch}`;
+}
+
+/** `linux/amd64`, `linux/arm64` (also `linux/arm64/v8`); undefined for anything else. */
+export function parsePlatform(s: string): Architecture | undefined {
+  const v = s.trim().toLowerCase();
+  return ARCHITECTURES.find((a) => v === platformName(a) || (a === ARM64 && v === 'linux/arm64/v8'));
+}
 
 export interface ImageSpec {
   /** The repository name as requested, e.g. `shell/htop`. */
@@ -29,6 +45,8 @@ export interface ImageSpec {
   /** Package attribute names to build: sorted, unique, meta-packages expanded. */
   readonly packages: readonly string[];
   readonly arch: Architecture;
+  /** The name chose the platform (`arm64/`, `amd64/`): a plain manifest, never an index. */
+  readonly pinned: boolean;
 }
 
 const SHELL_PACKAGES = ['bashInteractive', 'coreutils', 'moreutils', 'nano'] as const;
@@ -70,19 +88,21 @@ function validateTag(tag: string): void {
   }
 }
 
-export function parseImageName(name: string, tag: string): ImageSpec {
+/** `defaultArch`: the platform of a name that does not pin one (the server's default). */
+export function parseImageName(name: string, tag: string, defaultArch: Architecture = AMD64): ImageSpec {
   validateName(name);
   validateTag(tag);
   const components = name.split('/');
-  let arch = AMD64;
+  let pinned: Architecture | undefined;
   const packages = new Set<string>(ALWAYS_INCLUDED);
   let i = 0;
   for (; i < components.length; i++) {
     const c = components[i]!;
-    if (c === 'arm64') arch = ARM64;
+    if (c === 'arm64') pinned = ARM64;
+    else if (c === 'amd64') pinned = AMD64;
     else if (c === 'shell') SHELL_PACKAGES.forEach((p) => packages.add(p));
     else break;
   }
   for (; i < components.length; i++) packages.add(components[i]!);
-  return { name, tag, packages: [...packages].sort(), arch };
+  return { name, tag, packages: [...packages].sort(), arch: pinned ?? defaultArch, pinned: pinned !== undefined };
 }

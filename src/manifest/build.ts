@@ -16,9 +16,21 @@ export const MediaType = {
   dockerManifest: 'application/vnd.docker.distribution.manifest.v2+json',
   dockerConfig: 'application/vnd.docker.container.image.v1+json',
   dockerLayer: 'application/vnd.docker.image.rootfs.diff.tar.gzip',
+  ociIndex: 'application/vnd.oci.image.index.v1+json',
+  dockerManifestList: 'application/vnd.docker.distribution.manifest.list.v2+json',
 } as const;
 
 export type ManifestMediaType = typeof MediaType.ociManifest | typeof MediaType.dockerManifest;
+export type IndexMediaType = typeof MediaType.ociIndex | typeof MediaType.dockerManifestList;
+/** Everything served under /manifests/. */
+export type ServedMediaType = ManifestMediaType | IndexMediaType;
+
+/** The manifest flavour an index flavour lists: OCI with OCI, Docker with Docker. */
+export const INDEX_ENTRY_TYPE: Readonly<Record<IndexMediaType, ManifestMediaType>> = {
+  [MediaType.ociIndex]: MediaType.ociManifest,
+  [MediaType.dockerManifestList]: MediaType.dockerManifest,
+};
+export const INDEX_TYPES: readonly IndexMediaType[] = [MediaType.ociIndex, MediaType.dockerManifestList];
 
 export interface LayerInfo {
   /** sha256 of the gzip stream, as served. */
@@ -107,4 +119,30 @@ export function assembleManifests(config: BlobDescriptor, layers: readonly BlobD
     [MediaType.ociManifest]: buildManifest(MediaType.ociManifest, config, layers),
     [MediaType.dockerManifest]: buildManifest(MediaType.dockerManifest, config, layers),
   };
+}
+
+/** One platform's manifest as an index lists it. */
+export interface IndexEntry extends BlobDescriptor {
+  readonly architecture: string;
+}
+
+/**
+ * An OCI image index or a Docker manifest list over the platforms' manifests
+ * of the matching flavour, in the order given. Byte-stable: the same
+ * manifests give the same index.
+ */
+export function buildIndex(mediaType: IndexMediaType, entries: readonly IndexEntry[]): Blob {
+  return blob(
+    {
+      schemaVersion: 2,
+      mediaType,
+      manifests: entries.map((e) => ({
+        mediaType: INDEX_ENTRY_TYPE[mediaType],
+        digest: e.digest,
+        size: e.size,
+        platform: { architecture: e.architecture, os: 'linux' },
+      })),
+    },
+    mediaType,
+  );
 }

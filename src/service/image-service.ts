@@ -12,6 +12,14 @@
  * build stores both manifest flavours, so a docker pull after a skopeo pull
  * of the same image costs no build.
  *
+ * With more than one platform a tag serves an index (`index`): each
+ * platform's image goes through the same path, in parallel, and the index
+ * over those that built is recorded like an image (records/manifests/<key>,
+ * a different key), so it is served without a build and byte-stable. A
+ * platform that fails is left out and said so; an index missing a platform
+ * is assembled again on each request (cheap: the failure is remembered by
+ * admission), so it fills in once the platform builds.
+ *
  * Observers (running builds, recent errors, counters, metrics) subscribe to
  * the service's events and to each build's events; the service keeps no
  * statistics of its own.
@@ -20,16 +28,27 @@ import { LRUCache } from 'lru-cache';
 import type { AdmissionConfig } from '../config.js';
 import type { Digest } from '../digest.js';
 import { ManifestNotFoundError, PackagesNotFoundError, UnauthorizedError } from '../errors.js';
-import type { ImageSpec } from '../image/name.js';
+import { platformName, type Architecture, type ImageSpec } from '../image/name.js';
 import type { Popularity } from '../layers/popularity.js';
 import type { Logger } from '../log.js';
-import { MANIFEST_TYPES, MediaType, assembleManifests, type ManifestMediaType } from '../manifest/build.js';
+import {
+  INDEX_ENTRY_TYPE,
+  INDEX_TYPES,
+  MANIFEST_TYPES,
+  MediaType,
+  assembleManifests,
+  buildIndex,
+  type IndexMediaType,
+  type ManifestMediaType,
+  type ServedMediaType,
+} from '../manifest/build.js';
 import type { PackageSourceResolver, ResolvedSource } from '../nix/sources.js';
 import type { StorageBackend } from '../storage/backend.js';
 import { Admission, DEFAULT_ADMISSION, type AdmissionStats } from './admission.js';
 import { Build, buildTimings } from './build.js';
 import { PlatformBuilder, hashKey, type PlatformBuilderDeps } from './platform-build.js';
-import { decodeRecord, encodeRecord, imageBlobs, type BlobRef, type BuiltImage, type PlatformImage } from './records.js';
+import { decodeIndexRecord, decodeRecord, encodeRecord, imageBlobs, type BlobRef, type BuiltImage, type BuiltIndex, type IndexedPlatform, type PlatformImage } from './records.js';
+import { SingleFlight } from './single-flight.js';
 import { BuildLease } from '../gc/leases.js';
 
 export interface ImageServiceDeps extends Omit<PlatformBuilderDeps, 'packConcurrency'> {
@@ -47,11 +66,15 @@ export interface ServedManifest {
   readonly bytes: Buffer;
   readonly digest: Digest;
   readonly mediaType: string;
+  /** An index: the platforms it leaves out because they did not build (`linux/arm64`). */
+  readonly missing?: readonly string[];
 }
 
 export interface RequestOptions {
   /** False for a client that may pull what is built but not make the server build (NIXERY_ANONYMOUS=pull). */
   readonly mayBuild?: boolean;
+  /** How a build started by this request is named (logs, start page); default `name:tag`. */
+  readonly label?: string;
 }
 
 export type ServiceEvent =
@@ -66,11 +89,14 @@ export type ServiceEvent =
   /** A request was answered with a failure remembered from an earlier build, without building. */
   | { readonly type: 'remembered'; readonly image: string }
   /** An image was pulled (by tag: its key; by digest: the manifest digest). Usage tracking listens. */
-  | { readonly type: 'pulled'; readonly key?: string; readonly digest?: Digest };
+  | { readonly type: 'pulled'; readonly key?: string; readonly digest?: Digest }
+  /** An index was assembled without a platform that failed (once per change of what is missing). */
+  | { readonly type: 'platform-missing'; readonly image: string; readonly platform: string; readonly error: Error };
 
 export type ServiceListener = (event: ServiceEvent) => void;
 
 const MANIFEST_KEY_VERSION = 'image-v1';
+const INDEX_KEY_VERSION = 'index-v1';
 /** Attempts of a build whose blobs a garbage-collection pass keeps deleting. */
 const MAX_COLLECTED_RETRIES = 3;
 /**
@@ -95,6 +121,8 @@ export class ImageService {
   /** Part of every key: a changed budget or popularity list regroups instead of serving old records. */
   private readonly layeringIdentity: string;
   private readonly limits: Admission;
+  private readonly indexes = new LRUCache<string, BuiltIndex>({ max: IMAGE_CACHE_SIZE });
+  private readonly indexFlights = new SingleFlight<string, BuiltIndex>();
 
   constructor(private readonly deps: ImageServiceDeps) {
     this.limits = new Admission(deps.admission ?? DEFAULT_ADMISSION, deps.now);
@@ -127,6 +155,7 @@ export class ImageService {
    */
   forgetCaches(): void {
     this.cache.clear();
+    this.indexes.clear();
     this.manifestBytes.clear();
   }
 
@@ -173,9 +202,148 @@ export class ImageService {
       // elsewhere (a replica sharing the bucket) or before a lower limit is still pulled.
       this.refuse('too_many_packages', () => this.limits.checkSize(spec));
     }
-    const built = await this.startOrJoin(spec, key, resolved).result;
+    const built = await this.startOrJoin(spec, key, resolved, opts.label).result;
     this.emit({ type: 'pulled', key });
     return built;
+  }
+
+  /** The cache key of an index over `platforms` at a resolved revision. */
+  indexKey(spec: ImageSpec, platforms: readonly Architecture[], resolved: ResolvedSource): string {
+    return hashKey(INDEX_KEY_VERSION, this.layeringIdentity, resolved.revision, platforms.map((p) => p.nixSystem).join(','), ...spec.packages);
+  }
+
+  /**
+   * An index (OCI image index or Docker manifest list) over every platform
+   * that builds, each through `image` (caches, single flight, admission).
+   * Throws the default platform's error (`spec.arch`) only when none builds.
+   */
+  async index(spec: ImageSpec, platforms: readonly Architecture[], mediaType: IndexMediaType, opts: RequestOptions = {}): Promise<ServedManifest> {
+    const resolved = await this.deps.source.resolve(spec.tag);
+    const key = this.indexKey(spec, platforms, resolved);
+    for (let attempt = 1; ; attempt++) {
+      let record = await this.cachedIndex(key);
+      if (record !== undefined && record.missing.length === 0) {
+        this.emit({ type: 'lookup', hit: true });
+        this.emit({ type: 'pulled', key });
+      } else {
+        const previous = record;
+        record = await this.indexFlights.run(key, () => this.assembleIndex(spec, platforms, key, resolved, opts, previous));
+      }
+      const ref = record.indexes[mediaType];
+      const bytes = this.manifestBytes.get(ref.digest) ?? (await this.deps.storage.readBlob(ref.digest));
+      if (bytes !== undefined) {
+        this.manifestBytes.set(ref.digest, bytes);
+        return { bytes, digest: ref.digest, mediaType, missing: record.missing.map((m) => m.platform) };
+      }
+      // Storage lost the index: assemble it again, once, in this request.
+      this.indexes.delete(key);
+      if (attempt === 2) throw new ManifestNotFoundError(spec.name, `index ${ref.digest} vanished from storage right after it was written`);
+    }
+  }
+
+  private async cachedIndex(key: string): Promise<BuiltIndex | undefined> {
+    const hit = this.indexes.get(key);
+    if (hit) return hit;
+    const raw = await this.deps.storage.getRecord('manifests', key);
+    const record = raw === undefined ? undefined : decodeIndexRecord(raw);
+    if (record === undefined) return undefined;
+    for (const ref of Object.values(record.indexes)) {
+      if ((await this.deps.storage.statBlob(ref.digest)) === undefined) return undefined;
+    }
+    this.indexes.set(key, record);
+    return record;
+  }
+
+  /**
+   * Every platform's image in parallel, then the index over those that
+   * built, written under the same lease protocol as a build (gc/leases.ts):
+   * the index blobs are named before they become visible, and the record is
+   * written only over blobs protected and marked.
+   */
+  private async assembleIndex(
+    spec: ImageSpec,
+    platforms: readonly Architecture[],
+    key: string,
+    resolved: ResolvedSource,
+    opts: RequestOptions,
+    previous: BuiltIndex | undefined,
+  ): Promise<BuiltIndex> {
+    const { storage, now, log } = this.deps;
+    for (let attempt = 1; ; attempt++) {
+      const results = await Promise.allSettled(
+        platforms.map((arch) => this.image({ ...spec, arch }, { ...opts, label: `${spec.name}:${spec.tag} ${platformName(arch)}` })),
+      );
+      const built: IndexedPlatform[] = [];
+      const missing: { platform: string; reason: string; error: Error }[] = [];
+      for (const [i, r] of results.entries()) {
+        const arch = platforms[i]!;
+        if (r.status === 'fulfilled') built.push(await this.indexedPlatform(arch, r.value));
+        else missing.push({ platform: platformName(arch), reason: (r.reason as Error).message, error: r.reason as Error });
+      }
+      if (built.length === 0) {
+        const own = results[platforms.indexOf(spec.arch)] ?? results[0]!;
+        throw (own as PromiseRejectedResult).reason;
+      }
+      const indexes = {} as Record<IndexMediaType, BlobRef>;
+      const blobs = INDEX_TYPES.map((t) => {
+        const entries = built.map((p) => ({ ...p.manifests[INDEX_ENTRY_TYPE[t]], architecture: p.platform.architecture }));
+        const blob = buildIndex(t, entries);
+        indexes[t] = { digest: blob.digest as Digest, size: blob.size };
+        return blob;
+      });
+      const record: BuiltIndex = {
+        kind: 'index',
+        revision: resolved.revision,
+        packages: spec.packages,
+        platforms: built,
+        missing: missing.map(({ platform, reason }) => ({ platform, reason })),
+        indexes,
+      };
+      // The same index as recorded (a platform still failing): nothing to write.
+      const prev = previous;
+      if (prev !== undefined && INDEX_TYPES.every((t) => prev.indexes[t].digest === indexes[t].digest) && sameMissing(prev, record)) return prev;
+      const lease = new BuildLease(storage, now);
+      try {
+        for (const b of blobs) {
+          await lease.add([b.digest as Digest]);
+          await storage.putBlob(b.mediaType, b.bytes);
+          this.manifestBytes.set(b.digest as Digest, b.bytes);
+        }
+        const lost = await lease.protect(imageBlobs(record));
+        if (lost.length === 0) {
+          await storage.putRecord('manifests', key, encodeRecord(record));
+          this.indexes.set(key, record);
+          if (previous === undefined || !sameMissing(previous, record)) {
+            for (const m of missing) {
+              log.warn({ image: `${spec.name}:${spec.tag}`, platform: m.platform, err: m.reason }, 'index served without a platform that failed');
+              this.emit({ type: 'platform-missing', image: `${spec.name}:${spec.tag}`, platform: m.platform, error: m.error });
+            }
+          }
+          return record;
+        }
+      } finally {
+        await lease.release().catch(() => undefined);
+      }
+      // A pass collected a platform's blobs meanwhile: its image is rebuilt.
+      if (attempt === MAX_COLLECTED_RETRIES) throw new Error(`${spec.name}:${spec.tag}: blobs were garbage-collected while the index was written ${attempt} times`);
+      this.cache.clear();
+      previous = undefined;
+    }
+  }
+
+  /** A platform's image as an index lists it. */
+  private async indexedPlatform(arch: Architecture, image: BuiltImage): Promise<IndexedPlatform> {
+    const own = image.platforms[0];
+    if (own !== undefined) return { ...own, manifests: image.manifests };
+    // A record from before blob lists were kept: the layers from its manifest.
+    const raw = await this.deps.storage.readBlob(image.manifests[MediaType.ociManifest].digest);
+    const m = JSON.parse(raw?.toString() ?? '{}') as { config?: BlobRef; layers?: BlobRef[] };
+    return {
+      platform: { os: 'linux', architecture: arch.ociArch },
+      config: { digest: m.config?.digest as Digest, size: m.config?.size ?? 0 },
+      layers: (m.layers ?? []).map((l) => ({ digest: l.digest, size: l.size, diffId: l.digest })),
+      manifests: image.manifests,
+    };
   }
 
   /**
@@ -183,7 +351,7 @@ export class ImageService {
    * same key. Starting takes a build slot or a place in the queue; when both
    * are full it throws TooManyBuildsError. Joining is never refused.
    */
-  startOrJoin(spec: ImageSpec, key: string, resolved: ResolvedSource): Build {
+  startOrJoin(spec: ImageSpec, key: string, resolved: ResolvedSource, label = `${spec.name}:${spec.tag}`): Build {
     const running = this.builds.get(key);
     if (running) {
       this.emit({ type: 'join', build: running });
@@ -198,7 +366,7 @@ export class ImageService {
       }
       return this.run(b, spec, key, resolved);
     };
-    const build = new Build(key, `${spec.name}:${spec.tag}`, spec.packages, now(), work, now);
+    const build = new Build(key, label, spec.packages, now(), work, now);
     // Before anyone can subscribe, so that every subscriber (late ones by replay) sees it.
     if (slot.queued) build.emit({ type: 'queued', at: now(), position: slot.position });
     this.builds.set(key, build);
@@ -360,6 +528,10 @@ function layeringIdentity(budget: number, popularity: Popularity): string {
   );
 }
 
-function isManifestType(t: string): t is ManifestMediaType {
-  return t === MediaType.ociManifest || t === MediaType.dockerManifest;
+function isManifestType(t: string): t is ServedMediaType {
+  return t === MediaType.ociManifest || t === MediaType.dockerManifest || t === MediaType.ociIndex || t === MediaType.dockerManifestList;
+}
+
+function sameMissing(a: BuiltIndex, b: BuiltIndex): boolean {
+  return a.missing.map((m) => m.platform).join(',') === b.missing.map((m) => m.platform).join(',');
 }

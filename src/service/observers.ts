@@ -87,6 +87,12 @@ export function collectStats(service: ImageService): ImageServiceStats {
  * times within NIXERY_FAILED_BUILD_TTL is listed once.
  */
 export function recordFailures(service: ImageService, errors: RecentErrors, now: () => number): void {
+  // A platform left out of an index because a package does not exist for
+  // it (a failed build is listed by its build, below, already).
+  service.subscribe((e) => {
+    if (e.type !== 'platform-missing' || !(e.error instanceof PackagesNotFoundError)) return;
+    errors.add({ time: new Date(now()).toISOString(), image: `${e.image} (index without ${e.platform})`, message: e.error.message, stderr: undefined });
+  });
   onEachBuild(service, (build) =>
     build.subscribe((e) => {
       if (e.type !== 'failed' || e.error instanceof PackagesNotFoundError) return;

@@ -3,9 +3,14 @@
  * Pure. A record lists every blob the image references, per platform, so
  * that garbage collection can tell what is in use; records written before
  * that (version 1: only the manifest digests) stay readable.
+ *
+ * An index record (version 3, kind "index") is what a tag serves with more
+ * than one platform: the index in both flavours and every platform that
+ * built, each with its own manifests, so that garbage collection keeps all
+ * of them for as long as the index is kept.
  */
 import type { Digest } from '../digest.js';
-import { MediaType, type ManifestMediaType } from '../manifest/build.js';
+import { MediaType, type IndexMediaType, type ManifestMediaType } from '../manifest/build.js';
 
 export interface BlobRef {
   readonly digest: Digest;
@@ -26,6 +31,28 @@ export interface PlatformImage {
   readonly platform: Platform;
   readonly config: BlobRef;
   readonly layers: readonly StoredLayer[];
+}
+
+/** One platform of an index: its image and its own manifests. */
+export interface IndexedPlatform extends PlatformImage {
+  readonly manifests: Readonly<Record<ManifestMediaType, BlobRef>>;
+}
+
+export interface BuiltIndex {
+  readonly kind: 'index';
+  readonly revision: string;
+  readonly packages: readonly string[];
+  /** The platforms that built, in index order. */
+  readonly platforms: readonly IndexedPlatform[];
+  /** Platforms that did not build (`linux/arm64`) and why. */
+  readonly missing: readonly { readonly platform: string; readonly reason: string }[];
+  readonly indexes: Readonly<Record<IndexMediaType, BlobRef>>;
+}
+
+export type StoredRecord = BuiltImage | BuiltIndex;
+
+export function isIndex(r: StoredRecord): r is BuiltIndex {
+  return 'kind' in r && r.kind === 'index';
 }
 
 export interface BuiltImage {
@@ -56,29 +83,56 @@ interface RecordV2 {
   readonly manifests: Readonly<Record<ManifestMediaType, BlobRef>>;
 }
 
-export function encodeRecord(image: BuiltImage): Buffer {
-  const record: RecordV2 = { version: 2, ...image };
-  return Buffer.from(JSON.stringify(record));
+interface RecordV3 extends BuiltIndex {
+  readonly version: 3;
 }
 
-/** Undefined for a record this version cannot read (the image is then rebuilt). */
+export function encodeRecord(record: StoredRecord): Buffer {
+  if (isIndex(record)) return Buffer.from(JSON.stringify({ version: 3, ...record } satisfies RecordV3));
+  return Buffer.from(JSON.stringify({ version: 2, ...record } satisfies RecordV2));
+}
+
+/** An image record; undefined for an index record or one this version cannot read (the image is then rebuilt). */
 export function decodeRecord(bytes: Buffer): BuiltImage | undefined {
-  let r: RecordV1 | RecordV2;
+  const r = decodeStoredRecord(bytes);
+  return r === undefined || isIndex(r) ? undefined : r;
+}
+
+/** An index record; undefined otherwise. */
+export function decodeIndexRecord(bytes: Buffer): BuiltIndex | undefined {
+  const r = decodeStoredRecord(bytes);
+  return r !== undefined && isIndex(r) ? r : undefined;
+}
+
+/** Any record kept under records/manifests/; undefined for one this version cannot read. */
+export function decodeStoredRecord(bytes: Buffer): StoredRecord | undefined {
+  let r: RecordV1 | RecordV2 | RecordV3;
   try {
-    r = JSON.parse(bytes.toString()) as RecordV1 | RecordV2;
+    r = JSON.parse(bytes.toString()) as RecordV1 | RecordV2 | RecordV3;
   } catch {
     return undefined;
   }
-  if (typeof r !== 'object' || r === null || !r.manifests?.[MediaType.ociManifest] || !r.manifests[MediaType.dockerManifest]) return undefined;
+  if (typeof r !== 'object' || r === null) return undefined;
+  if (r.version === 3) {
+    if (r.kind !== 'index' || !r.indexes?.[MediaType.ociIndex] || !r.indexes[MediaType.dockerManifestList] || !Array.isArray(r.platforms)) return undefined;
+    return { kind: 'index', revision: r.revision, packages: r.packages, platforms: r.platforms, missing: r.missing ?? [], indexes: r.indexes };
+  }
+  if (!r.manifests?.[MediaType.ociManifest] || !r.manifests[MediaType.dockerManifest]) return undefined;
   if (r.version === 1) return { revision: r.revision, packages: r.packages, system: r.arch, platforms: [], manifests: r.manifests };
   if (r.version === 2) return { revision: r.revision, packages: r.packages, system: r.system, platforms: r.platforms, manifests: r.manifests };
   return undefined;
 }
 
-/** Every blob the image references: manifests, configs and layers, without repeats. */
-export function imageBlobs(image: BuiltImage): Digest[] {
-  const all = new Set<Digest>(Object.values(image.manifests).map((m) => m.digest));
-  for (const p of image.platforms) {
+/** What a tag serves: an image's manifests or an index's indexes (their digests are how pulls by digest are counted). */
+export function servedRefs(record: StoredRecord): BlobRef[] {
+  return Object.values(isIndex(record) ? record.indexes : record.manifests);
+}
+
+/** Every blob the record references: indexes, manifests, configs and layers, without repeats. */
+export function imageBlobs(record: StoredRecord): Digest[] {
+  const all = new Set<Digest>(servedRefs(record).map((m) => m.digest));
+  for (const p of record.platforms) {
+    if ('manifests' in p) for (const m of Object.values(p.manifests as Record<string, BlobRef>)) all.add(m.digest);
     all.add(p.config.digest);
     for (const l of p.layers) all.add(l.digest);
   }

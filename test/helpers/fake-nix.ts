@@ -42,6 +42,8 @@ export class FakeNixRunner implements NixRunner {
   readonly failing = new Set<string>();
   /** Names whose build waits until the test resolves the gate. */
   readonly gates = new Map<string, Promise<void>>();
+  /** Names that exist for one Nix system only (as nixpkgs' meta.platforms): missing for every other. */
+  readonly onlyOn = new Map<string, string>();
 
   constructor(
     readonly root: string,
@@ -68,11 +70,15 @@ export class FakeNixRunner implements NixRunner {
     return Object.keys(this.table).find((k) => k.toLowerCase() === name.toLowerCase());
   }
 
-  async resolve(_source: NixSource, packages: readonly string[], _system: string, opts: NixCallOptions = {}): Promise<ResolvedPackage[]> {
+  async resolve(_source: NixSource, packages: readonly string[], system: string, opts: NixCallOptions = {}): Promise<ResolvedPackage[]> {
     this.stats.evaluations++;
     this.resolved.push([...packages]);
     if (opts.signal?.aborted) throw new BuildAbortedError('aborted');
-    const missing = packages.filter((p) => this.find(p) === undefined);
+    const exists = (p: string) => {
+      const attr = this.find(p);
+      return attr !== undefined && (this.onlyOn.get(attr) ?? system) === system;
+    };
+    const missing = packages.filter((p) => !exists(p));
     if (missing.length > 0) throw new PackagesNotFoundError(missing.map((name) => ({ name, kind: 'not_found' as const })));
     return packages.map((name) => {
       const attr = this.find(name)!;

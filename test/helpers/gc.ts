@@ -16,7 +16,7 @@ import type { AddressInfo } from 'node:net';
 import type { Digest } from '../../src/digest.js';
 import type { GcStats } from '../../src/gc/collector.js';
 import { readUsage } from '../../src/gc/usage.js';
-import { decodeRecord, imageBlobs } from '../../src/service/records.js';
+import { decodeRecord, decodeStoredRecord, imageBlobs } from '../../src/service/records.js';
 import type { StorageBackend } from '../../src/storage/backend.js';
 import type { RunningServer, ServerStats } from './server.js';
 
@@ -42,6 +42,7 @@ export async function imageRecords(storage: StorageBackend): Promise<Map<string,
   const out = new Map<string, StoredImage>();
   for await (const { key } of storage.listRecords('manifests')) {
     const raw = await storage.getRecord('manifests', key);
+    // Image records only: an index record shares its name with its platforms' images.
     const image = raw && decodeRecord(raw);
     if (!image) continue;
     out.set(imageName(image.packages), {
@@ -63,7 +64,7 @@ export async function danglingReferences(storage: StorageBackend): Promise<strin
   const out: string[] = [];
   for await (const { key } of storage.listRecords('manifests')) {
     const raw = await storage.getRecord('manifests', key);
-    const image = raw && decodeRecord(raw);
+    const image = raw && decodeStoredRecord(raw);
     if (!image) continue;
     for (const d of imageBlobs(image)) if ((await storage.statBlob(d)) === undefined) out.push(`manifests/${key} -> ${d}`);
   }

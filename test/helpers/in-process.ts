@@ -111,6 +111,7 @@ export async function inProcessRegistry(
     stats: () => ({ ...runtime.stats, nix: { ...nix.stats } }),
     now: runtime.now,
     auth: authenticator(users, config.anonymous, runtime.now),
+    platforms: { all: config.platforms, default: config.defaultPlatform },
   });
   return {
     app,
