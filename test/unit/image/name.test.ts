@@ -32,6 +32,15 @@ describe('parseImageName', () => {
     expect(b.packages).toEqual(['arm64', 'cacert', 'htop', 'iana-etc', 'shell']);
   });
 
+  it('amd64/ and arm64/ pin the platform; without them the default platform is used, unpinned', () => {
+    expect(parseImageName('amd64/htop', 'latest')).toMatchObject({ arch: AMD64, pinned: true, packages: ['cacert', 'htop', 'iana-etc'] });
+    expect(parseImageName('arm64/htop', 'latest', AMD64)).toMatchObject({ arch: ARM64, pinned: true });
+    expect(parseImageName('htop', 'latest', ARM64)).toMatchObject({ arch: ARM64, pinned: false });
+    expect(parseImageName('shell/amd64/htop', 'latest', ARM64)).toMatchObject({ arch: AMD64, pinned: true });
+    // The same packages whatever the platform: the key adds the platform.
+    expect(parseImageName('arm64/htop', 'latest').packages).toEqual(parseImageName('htop', 'latest').packages);
+  });
+
   it('keeps the tag', () => {
     expect(parseImageName('hello', 'v1.2_rc-3').tag).toBe('v1.2_rc-3');
   });
