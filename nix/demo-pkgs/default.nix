@@ -6,7 +6,8 @@
 #   import ./nix/demo-pkgs { system = "x86_64-linux"; salt = "run-42"; }
 #   nix-build nix/demo-pkgs -A htop --no-out-link
 #
-# Each package copies programs and libraries from the host and patches them
+# Each package copies programs and libraries from the host (for aarch64-linux
+# on an x86_64 host: from an arm64 Debian sysroot, see below) and patches them
 # (builder.sh) so they load the demo glibc and the lib/ dirs of their declared
 # dependencies from the store; Nix then sees those as runtime references and
 # closures look like nixpkgs ones (one shared glibc leaf, ncurses shared by
@@ -22,15 +23,38 @@
 # unless those are given as extra-sandbox-paths. A missing host program makes
 # the build fail loudly, naming it.
 #
+# aarch64-linux on an x86_64 host: the same packages made from Debian's arm64
+# binaries, which `scripts/setup-system.sh test` unpacks (apt-get download
+# PKG:arm64, dpkg-deb -x) into the sysroot /opt/nixery-ts/sysroot-arm64 (it
+# also installs qemu-user-static and gcc-aarch64-linux-gnu, needed here). The
+# derivations have system "aarch64-linux"; Nix runs them here only with
+#   NIX_CONFIG=$'substituters =\nextra-platforms = aarch64-linux'
+# (never put that in nix.conf: a server must not claim arm64 by default).
+# That is sound only because these builders copy and patch files: the
+# builder itself is x86_64 bash; builder-cross.sh runs builder.sh with ldd,
+# dpkg -L and gcc answered from the sysroot (gcc is aarch64-linux-gnu-gcc),
+# checks that every ELF file it produced is aarch64 and finds every library it
+# needs, and the few build steps that run the program just built (busybox
+# --list, git --list-cmds, python3's smoke test) run it under
+# qemu-aarch64-static. Closures look as on x86_64 (one shared glibc leaf, ...),
+# but glibc has no libmvec.so.1 there. Data packages (cacert, iana-etc, ti)
+# copy the same arch-independent host files, with system aarch64-linux. The
+# x86_64-linux derivations do not depend on any of this (same store paths as
+# before it existed). On an aarch64 host, aarch64-linux is native (host files).
+#
 # Import arguments:
-#   system        target system; another one (e.g. "aarch64-linux") still
-#                 evaluates but cannot be built here: a "wrong arch" case.
+#   system        target system: x86_64-linux, or aarch64-linux (from the arm64
+#                 sysroot when the host is not aarch64, see above). Another one
+#                 (e.g. "riscv64-linux") still evaluates but cannot be built
+#                 here: a "wrong arch" case.
 #   slowSeconds   duration of slow-build / slow-chatty-build.
 #   largeBlobMiB  size of large-blob.
 #   salt          non-empty: every derivation (also writeText/runCommand
 #                 results) gets a new store path, so a test can force fresh
 #                 builds in a shared store without deleting anything.
 #   hostPath      PATH the builders use to find host programs.
+#   arm64Sysroot  where the setup script unpacked the arm64 .debs (a string,
+#                 read only by aarch64-linux builders).
 #
 # Changing what `hello` prints: `hello` prints the bytes of ./greeting.txt
 # verbatim (they are compiled into the program). A test copies this directory,
@@ -45,12 +69,19 @@
 # caseFixture._7zip is "casefixture.7zip"; caseFixture.Inner.HelloWorld is
 # "casefixture.inner.helloworld"), notAPackage (not a derivation), motd
 # (single-file store path), large-blob, broken-build, slow-build,
-# slow-chatty-build.
+# slow-chatty-build (these three also evaluate for aarch64-linux, as
+# host-only shell builders), x86only (a C program using the x86 cpuid
+# instruction: builds for x86_64-linux only; for any other system the
+# attribute throws "demo-pkgs: x86only is not available on aarch64-linux
+# (platforms: x86_64-linux)", which nix-instantiate -A prints and which
+# prepare-image/resolve-names.nix counts as not found, like nixpkgs' packages
+# whose platforms exclude the system).
 { system ? builtins.currentSystem
 , slowSeconds ? 300
 , largeBlobMiB ? 16
 , salt ? ""
 , hostPath ? "/usr/bin:/bin:/usr/sbin:/sbin"
+, arm64Sysroot ? "/opt/nixery-ts/sysroot-arm64"
 , ...   # accept (and ignore) whatever nixpkgs-style callers pass
 }:
 
@@ -64,6 +95,29 @@ let
   }.${builtins.currentSystem}
     or (throw "demo-pkgs: unsupported build host ${builtins.currentSystem}");
   hostLibDir = "/lib/${hostInfo.triple}";
+
+  # Foreign systems whose Debian binaries come from a sysroot (see the header).
+  sysroots = {
+    "aarch64-linux" = {
+      root = arm64Sysroot;
+      triple = "aarch64-linux-gnu";
+      ldso = "ld-linux-aarch64.so.1";
+      elfMachine = "b7";                      # e_machine EM_AARCH64
+      emulator = "/usr/bin/qemu-aarch64-static";
+    };
+  };
+  cross = system != builtins.currentSystem && builtins.hasAttr system sysroots;
+  target = sysroots.${system};
+  # Spliced into the few build snippets that read Debian files or run what
+  # was just built; both are "" natively, so those snippets (and the native
+  # derivations) stay exactly as they were.
+  root = if cross then target.root else "";
+  run = if cross then "${target.emulator} " else "";
+  # nixpkgs-style meta.platforms: elsewhere the attribute throws (an
+  # evaluation error naming the system; resolve-names counts it as absent).
+  onlyOn = platforms: pkg:
+    if builtins.elem system platforms then pkg
+    else throw "demo-pkgs: ${pkg.pname or pkg.name} is not available on ${system} (platforms: ${builtins.concatStringsSep ", " platforms})";
 
   # Every derivation goes through here so the salt reaches all of them.
   mkDrv = attrs: derivation (attrs // { inherit system; }
@@ -103,6 +157,16 @@ let
       # passAsFile: the text reaches the builder byte for byte as a file.
       inherit embed;
       passAsFile = [ "embed" ];
+    }) // (if !cross then { } else {
+      # The same builder.sh, run by builder-cross.sh against the sysroot.
+      args = [ "-e" ./builder-cross.sh ];
+      genericBuilder = ./builder.sh;
+      sysroot = target.root;
+      hostLibDir = "${target.root}/usr/lib/${target.triple}";
+      bins = toString (map (b: target.root + b) bins);
+      interpreter = if pname == "glibc" then "" else "${glibc}/lib/${target.ldso}";
+      crossPrefix = target.triple;
+      inherit (target) elfMachine emulator;
     })) // { meta = { inherit description; }; };
 
   # ------------------------------------------------ nixpkgs-style helpers
@@ -181,9 +245,13 @@ let
   glibc = mkPkg {
     pname = "glibc";
     version = "2.36";
-    libs = [ hostInfo.ldso "libc.so.6" "libm.so.6" "libmvec.so.1" "libresolv.so.2"
-             "libpthread.so.0" "libdl.so.2" "librt.so.1" "libutil.so.1" "libanl.so.1"
-             "libnss_files.so.2" "libnss_dns.so.2" ];
+    libs =
+      let all = [ hostInfo.ldso "libc.so.6" "libm.so.6" "libmvec.so.1" "libresolv.so.2"
+                  "libpthread.so.0" "libdl.so.2" "librt.so.1" "libutil.so.1" "libanl.so.1"
+                  "libnss_files.so.2" "libnss_dns.so.2" ];
+      in if cross   # the ld.so of the target; no libmvec on aarch64 (glibc 2.36)
+         then [ target.ldso ] ++ builtins.filter (l: l != hostInfo.ldso && l != "libmvec.so.1") all
+         else all;
     deps = [ ];
     bundleLibs = false;
     patchElf = false;   # libc.so.6 is itself executable; leave glibc untouched
@@ -255,7 +323,7 @@ let
     bins = [ "/usr/bin/busybox" ];   # static: no references at all
     deps = [ ];
     postInstall = ''
-      for a in $($out/bin/busybox --list); do
+      for a in $(${run}$out/bin/busybox --list); do
         [ "$a" = busybox ] || ln -s busybox $out/bin/$a
       done
     '';
@@ -312,10 +380,10 @@ let
     postInstall = ''
       mkdir -p $out/libexec/git-core $out/share/git-core
       mv $out/bin/git $out/libexec/git-core/git
-      for c in $($out/libexec/git-core/git --list-cmds=builtins); do
+      for c in $(${run}$out/libexec/git-core/git --list-cmds=builtins); do
         [ "$c" = git ] || ln -s git $out/libexec/git-core/git-$c
       done
-      cp -r /usr/share/git-core/templates $out/share/git-core/templates
+      cp -r ${root}/usr/share/git-core/templates $out/share/git-core/templates
       cat > $out/bin/git <<WRAPPER
       #!${bash}/bin/bash
       export GIT_EXEC_PATH=$out/libexec/git-core
@@ -376,12 +444,12 @@ let
     preFixup = ''
       export PYTHONDONTWRITEBYTECODE=1
       stdlib=$(dpkg -L libpython3.11-minimal libpython3.11-stdlib 2>/dev/null |
-        grep '^/usr/lib/python3\.11/' | LC_ALL=C sort -u) || true
+        grep '^${root}/usr/lib/python3\.11/' | LC_ALL=C sort -u) || true
       for f in $stdlib; do
         case "$f" in
           */__pycache__/*|*.pyc|*/lib-dynload/nis.*|*/sitecustomize.py) continue ;;
         esac
-        dst=$out/lib/''${f#/usr/lib/}
+        dst=$out/lib/''${f#${root}/usr/lib/}
         if [ -L "$f" ]; then
           case "$(readlink "$f")" in /*) die "absolute link in the stdlib: $f" ;; esac
           mkdir -p "$(dirname "$dst")"
@@ -407,7 +475,7 @@ let
     postInstall = ''
       ln -s python3.11 $out/bin/python3
       # Smoke test from the store (-B and PYTHONDONTWRITEBYTECODE: no .pyc).
-      prefix=$(env -i PYTHONDONTWRITEBYTECODE=1 $out/bin/python3 -B -I -c '
+      prefix=$(env -i PYTHONDONTWRITEBYTECODE=1 ${run}$out/bin/python3 -B -I -c '
       import json, zlib, pyexpat, hashlib, ssl, ctypes, sqlite3, bz2, lzma, decimal, curses, readline, uuid, dbm
       import sys; print(sys.prefix)')
       [ "$prefix" = "$out" ] || die "sys.prefix is '$prefix', not $out"
@@ -487,6 +555,28 @@ let
     description = "${toString largeBlobMiB} MiB of deterministic random-looking bytes";
   };
 
+  # Only for x86_64-linux (see the fixture list): the x86 cpuid instruction.
+  x86only = onlyOn [ "x86_64-linux" ] (mkPkg {
+    pname = "x86only";
+    version = "1.0";
+    cSource = builtins.toFile "x86only.c" ''
+      #include <cpuid.h>
+      #include <stdio.h>
+      #include <string.h>
+      int main(void) {
+        unsigned a, b, c, d;
+        char vendor[13] = "unknown";
+        if (__get_cpuid(0, &a, &b, &c, &d)) {
+          memcpy(vendor, &b, 4); memcpy(vendor + 4, &d, 4); memcpy(vendor + 8, &c, 4);
+          vendor[12] = 0;
+        }
+        printf("x86only (nixery-ts demo) 1.0: x86-64, CPU vendor %s\n", vendor);
+        return 0;
+      }
+    '';
+    description = "Prints the CPU vendor with the x86 cpuid instruction (x86_64-linux only)";
+  });
+
   # ------------------------------------------------- deliberate failures
   broken-build = mkDrv {
     name = "broken-build-1.0";
@@ -511,7 +601,7 @@ in
   inherit lib runCommand writeText symlinkJoin;
   inherit glibc ncurses zlib pcre2 openssl libnl oniguruma libselinux acl gmp;
   inherit bash coreutils busybox hello htop jq git curl nano moreutils python3 cacert iana-etc;
-  inherit _7zip large-blob broken-build slow-build slow-chatty-build;
+  inherit _7zip x86only large-blob broken-build slow-build slow-chatty-build;
   bashInteractive = bash;     # camelCase alias with the same store path, like nixpkgs
   motd = writeText "motd" "Welcome to a nixery-ts demo image.\n";
   tools = { inherit greet hello; };                           # nested, like xorg.xev
