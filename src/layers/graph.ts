@@ -34,6 +34,25 @@ export function storePathName(p: string): string {
 }
 
 /**
+ * A derivation name split the way Nix's `builtins.parseDrvName` does: the
+ * version starts at the first `-` followed by a character that is not a
+ * letter (`htop-3.2.2` -> htop 3.2.2, `perl5.36.0-Try-Tiny-0.31` -> perl5.36.0-Try-Tiny 0.31,
+ * `iana-etc-20230316` -> iana-etc 20230316, `hello` -> hello "").
+ */
+export function parseDrvName(name: string): { name: string; version: string } {
+  for (let i = 0; i < name.length - 1; i++) {
+    if (name[i] === '-' && !/[A-Za-z]/.test(name[i + 1]!)) return { name: name.slice(0, i), version: name.slice(i + 1) };
+  }
+  return { name, version: '' };
+}
+
+/** The store hash of a store path: `/nix/store/<hash>-name` -> `<hash>`. */
+export function storePathHash(p: string): string {
+  const base = p.slice(p.lastIndexOf('/') + 1);
+  return base.slice(0, 32);
+}
+
+/**
  * Builds a ClosureGraph from raw (path, narSize, references) entries.
  * Drops self references; throws if a reference points outside the closure,
  * because a layer built from an incomplete closure would not run.

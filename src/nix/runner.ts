@@ -30,6 +30,18 @@ export interface ResolvedPackage {
   readonly attr: string;
   readonly drv: string;
   readonly out: string;
+  /** What the package set says about it (strings only; absent when it says nothing). */
+  readonly meta?: PackageMeta;
+}
+
+/** A package's `meta` as far as images use it (default command, SBOM). */
+export interface PackageMeta {
+  /** `meta.mainProgram`: the program `Cmd` runs when the image has only this package. */
+  readonly mainProgram?: string;
+  /** `meta.license`: its SPDX identifier (`spdxId`), else its short or full name; several joined with " AND ". */
+  readonly license?: string;
+  readonly homepage?: string;
+  readonly description?: string;
 }
 
 export interface NixCallOptions {
