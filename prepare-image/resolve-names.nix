@@ -6,11 +6,24 @@
 #
 # answers
 #
-#   { "ok":     [ { "name": "htop", "attr": "htop", "drv": "/nix/store/...drv", "out": "/nix/store/..." },
+#   { "ok":     [ { "name": "htop", "attr": "htop", "drv": "/nix/store/...drv", "out": "/nix/store/...",
+#                   "meta": { "mainProgram": "htop", "license": "GPL-2.0-only",
+#                             "homepage": "https://htop.dev/", "description": "..." } },
 #                 { "name": "tools.greet", ... } ],
 #     "errors": [ { "name": "nosuch", "kind": "not_found" } ] }
 #
 # Both keys are always present; each list keeps the order of the request.
+#
+# `meta` holds those four keys of the package's meta, each only when the
+# package set gives it as a non-empty string, and is left out entirely when
+# none is (glibc, a writeText result). Each field is evaluated on its own
+# under tryEval: a throwing meta, a throwing field, or one of another type
+# (a list of homepages, a set as description) is simply absent, and never
+# makes a name fail to resolve. `license` is flattened the way nixpkgs'
+# meta.license comes: a lib.licenses entry gives its spdxId, else its
+# shortName, else its fullName; a string is itself; a list gives its entries
+# so named, joined with " AND " (a list with an entry that has none of these,
+# or an empty list, gives no license at all).
 # Reading drvPath writes the .drv files to the store (instantiation), which is
 # what the server then realises with its own timeouts.
 #
@@ -126,6 +139,24 @@ let
     let r = tryEval (isAttrs v && (v.type or null) == "derivation"); in
     r.success && r.value;
 
+  # meta fields: strings only, each forced on its own (see the header).
+  # `or null` also covers a meta (or v) that is not a set.
+  nonEmpty = s: if isString s && s != "" then s else null;
+  licenseName = l:
+    if isString l then l
+    else if isAttrs l then
+      let picks = filter (x: x != null) (map (k: nonEmpty (l.${k} or null)) [ "spdxId" "shortName" "fullName" ]);
+      in if picks == [ ] then throw "resolve-names: license without a name" else builtins.head picks
+    else throw "resolve-names: license of an unknown shape";
+  licenseOf = l:
+    if builtins.isList l then concatStringsSep " AND " (map licenseName l) else licenseName l;
+  metaField = v: k:
+    let r = tryEval (nonEmpty (if k == "license" then licenseOf (v.meta.license or null) else v.meta.${k} or null));
+    in if r.success then r.value else null;
+  metaOf = v:
+    filter (f: f.value != null)
+      (map (k: { name = k; value = metaField v k; }) [ "mainProgram" "license" "homepage" "description" ]);
+
   resolve = name:
     let
       st = lookup name;
@@ -145,7 +176,7 @@ let
       attr = dotted st.attr;
       drv = drv.value;
       out = out.value;
-    };
+    } // (let m = metaOf v; in if m == [ ] then { } else { meta = listToAttrs m; });
 
   results = map resolve names;
 in

@@ -76,6 +76,13 @@
 # (platforms: x86_64-linux)", which nix-instantiate -A prints and which
 # prepare-image/resolve-names.nix counts as not found, like nixpkgs' packages
 # whose platforms exclude the system).
+#
+# meta: the programs carry nixpkgs-style `meta` (description, mainProgram,
+# license as lib.licenses-like sets, homepage), added to each derivation's
+# result rather than passed to `derivation`, so meta never changes a store
+# path. acl (two SPDX licenses) and _7zip (one with no spdxId, like nixpkgs'
+# unfreeRedistributable) have license lists; libraries such as glibc have an
+# empty meta, and writeText/runCommand results (motd) none at all.
 { system ? builtins.currentSystem
 , slowSeconds ? 300
 , largeBlobMiB ? 16
@@ -139,7 +146,11 @@ let
     , patchElf ? true
     , preFixup ? ""
     , postInstall ? ""
+      # meta (nixpkgs' names and shapes): never part of the derivation, see below.
     , description ? ""
+    , mainProgram ? null
+    , license ? null      # an entry of `licenses` below, a list of them, or a string
+    , homepage ? null
     }:
     mkDrv ({
       name = if version == "" then pname else "${pname}-${version}";
@@ -167,7 +178,39 @@ let
       interpreter = if pname == "glibc" then "" else "${glibc}/lib/${target.ldso}";
       crossPrefix = target.triple;
       inherit (target) elfMachine emulator;
-    })) // { meta = { inherit description; }; };
+    }))
+    # `derivation` turns every attribute into an environment variable of the
+    # builder (and so into the .drv), so meta is added to the result instead:
+    # adding or editing it never changes a store path. Unset fields are left
+    # out (glibc's meta is {}); writeText/runCommand results have no meta.
+    // { meta = lib.filterAttrs (_: v: v != null && v != "") { inherit description mainProgram license homepage; }; };
+
+  # Licenses shaped like nixpkgs' lib.licenses entries (spdxId, shortName,
+  # fullName, url, free), for meta.license; prepare-image/resolve-names.nix
+  # reads spdxId, else shortName, else fullName.
+  licenses =
+    let spdx = shortName: spdxId: fullName: {
+      inherit shortName spdxId fullName;
+      url = "https://spdx.org/licenses/${spdxId}.html";
+      free = true; redistributable = true; deprecated = false;
+    };
+    in {
+      gpl2Only = spdx "gpl2Only" "GPL-2.0-only" "GNU General Public License v2.0 only";
+      gpl2Plus = spdx "gpl2Plus" "GPL-2.0-or-later" "GNU General Public License v2.0 or later";
+      gpl3Plus = spdx "gpl3Plus" "GPL-3.0-or-later" "GNU General Public License v3.0 or later";
+      lgpl21Plus = spdx "lgpl21Plus" "LGPL-2.1-or-later" "GNU Lesser General Public License v2.1 or later";
+      mit = spdx "mit" "MIT" "MIT License";
+      asl20 = spdx "asl20" "Apache-2.0" "Apache License 2.0";
+      curl = spdx "curl" "curl" "curl License";
+      psfl = spdx "psfl" "Python-2.0" "Python Software Foundation License version 2";
+      mpl20 = spdx "mpl20" "MPL-2.0" "Mozilla Public License 2.0";
+      # Like nixpkgs' entry: no SPDX identifier at all.
+      unfreeRedistributable = {
+        shortName = "unfreeRedistributable";
+        fullName = "Unfree redistributable";
+        free = false; redistributable = true; deprecated = false;
+      };
+    };
 
   # ------------------------------------------------ nixpkgs-style helpers
   # Just enough of nixpkgs' trivial builders for Nixery-style expressions
@@ -239,6 +282,9 @@ let
     hasPrefix = pre: s: builtins.substring 0 (builtins.stringLength pre) s == pre;
     optionalString = cond: s: if cond then s else "";
     isDerivation = v: builtins.isAttrs v && (v.type or null) == "derivation";
+    filterAttrs = pred: set: builtins.listToAttrs (builtins.concatMap
+      (name: let v = set.${name}; in if pred name v then [ { inherit name; value = v; } ] else [ ])
+      (builtins.attrNames set));
   };
 
   # ------------------------------------------------------------ libraries
@@ -298,7 +344,14 @@ let
     libs = [ "libselinux.so.1" ];
     deps = [ glibc pcre2 ];
   };
-  acl = mkPkg { pname = "acl"; version = "2.3.1"; libs = [ "libacl.so.1" "libattr.so.1" ]; };
+  acl = mkPkg {
+    pname = "acl";
+    version = "2.3.1";
+    libs = [ "libacl.so.1" "libattr.so.1" ];
+    # A list, as in nixpkgs (the tools are GPL, the libraries LGPL).
+    license = [ licenses.gpl2Plus licenses.lgpl21Plus ];
+    homepage = "https://savannah.nongnu.org/projects/acl";
+  };
   gmp = mkPkg { pname = "gmp"; version = "6.2.1"; libs = [ "libgmp.so.10" ]; };
 
   # ------------------------------------------------------------- programs
@@ -309,6 +362,9 @@ let
     deps = [ glibc ncurses ];
     postInstall = "ln -s bash $out/bin/sh";
     description = "GNU Bourne-Again SHell";
+    mainProgram = "bash";
+    license = licenses.gpl3Plus;
+    homepage = "https://www.gnu.org/software/bash/";
   };
   coreutils = mkPkg {
     pname = "coreutils";
@@ -316,6 +372,8 @@ let
     debPackage = "coreutils";
     deps = [ glibc libselinux pcre2 acl gmp ];
     description = "GNU core utilities";
+    license = licenses.gpl3Plus;
+    homepage = "https://www.gnu.org/software/coreutils/";
   };
   busybox = mkPkg {
     pname = "busybox";
@@ -328,6 +386,8 @@ let
       done
     '';
     description = "Tiny versions of common UNIX utilities (static)";
+    license = licenses.gpl2Only;
+    homepage = "https://busybox.net/";
   };
 
   # The greeting is read at evaluation time, so editing greeting.txt changes
@@ -351,6 +411,9 @@ let
       }
     '';
     description = "Prints the greeting from nix/demo-pkgs/greeting.txt";
+    mainProgram = "hello";
+    license = licenses.gpl3Plus;
+    homepage = "https://www.gnu.org/software/hello/";
   };
   htop = mkPkg {
     pname = "htop";
@@ -358,6 +421,9 @@ let
     bins = [ "/usr/bin/htop" ];
     deps = [ glibc ncurses libnl ];
     description = "Interactive process viewer";
+    mainProgram = "htop";
+    license = licenses.gpl2Only;
+    homepage = "https://htop.dev/";
   };
   jq = mkPkg {
     pname = "jq";
@@ -365,6 +431,9 @@ let
     bins = [ "/usr/bin/jq" ];          # libjq.so.1 is bundled privately
     deps = [ glibc oniguruma ];
     description = "Command-line JSON processor";
+    mainProgram = "jq";
+    license = licenses.mit;
+    homepage = "https://jqlang.github.io/jq/";
   };
   # The Debian binary holds every builtin (init/add/commit/log/clone from a
   # local path, ...) but looks for helpers in /usr/lib/git-core and templates
@@ -394,6 +463,9 @@ let
       for c in upload-pack receive-pack upload-archive; do ln -s git $out/bin/git-$c; done
     '';
     description = "Distributed version control system (local operations only)";
+    mainProgram = "git";
+    license = licenses.gpl2Only;
+    homepage = "https://git-scm.com/";
   };
   curl = mkPkg {
     pname = "curl";
@@ -401,6 +473,9 @@ let
     bins = [ "/usr/bin/curl" ];        # libcurl + ~25 libs bundled privately
     deps = [ glibc zlib openssl ];
     description = "Command-line URL transfer tool";
+    mainProgram = "curl";
+    license = licenses.curl;
+    homepage = "https://curl.se/";
   };
   nano = mkPkg {
     pname = "nano";
@@ -408,6 +483,9 @@ let
     bins = [ "/usr/bin/nano" ];
     deps = [ glibc ncurses ];
     description = "Small, friendly text editor";
+    mainProgram = "nano";
+    license = licenses.gpl3Plus;
+    homepage = "https://www.nano-editor.org/";
   };
   moreutils = mkPkg {
     pname = "moreutils";
@@ -415,6 +493,8 @@ let
     # Only the ELF tools; the perl scripts (ts, vidir, ...) would need perl.
     bins = map (n: "/usr/bin/${n}") [ "errno" "ifdata" "ifne" "isutf8" "lckdo" "mispipe" "pee" "sponge" ];
     description = "More Unix tools (sponge, ifne, pee, ...)";
+    license = licenses.gpl2Plus;
+    homepage = "https://joeyh.name/code/moreutils/";
   };
   # Debian's interpreter with its standard library. Python derives sys.prefix
   # from the executable's location (it finds lib/python3.11/os.py above
@@ -484,6 +564,9 @@ let
       fi
     '';
     description = "Python 3.11 interpreter and standard library (from Debian)";
+    mainProgram = "python3";
+    license = licenses.psfl;
+    homepage = "https://www.python.org/";
   };
   cacert = mkPkg {
     pname = "nss-cacert";
@@ -495,6 +578,8 @@ let
       ln -s ca-bundle.crt $out/etc/ssl/certs/ca-certificates.crt
     '';
     description = "CA certificate bundle (from Debian's ca-certificates)";
+    license = licenses.mpl20;
+    homepage = "https://tracker.debian.org/pkg/ca-certificates";
   };
   iana-etc = mkPkg {
     pname = "iana-etc";
@@ -538,6 +623,9 @@ let
       }
     '';
     description = "Stand-in for 7-Zip: prints a fixed line";
+    mainProgram = "7z";
+    # A list with an entry that has no spdxId, like nixpkgs' _7zz with unfree codecs.
+    license = [ licenses.lgpl21Plus licenses.unfreeRedistributable ];
   };
 
   # Incompressible but deterministic payload (AES-CTR keystream of zeros), for

@@ -125,8 +125,25 @@ export function parsePathInfo(json: unknown, storeDir = '/nix/store'): { path: s
   throw new Error('path-info: expected a JSON array or object');
 }
 
+const META_KEYS = ['mainProgram', 'license', 'homepage', 'description'] as const;
+
+/**
+ * The `meta` of one resolve-names.nix answer: only its known string fields
+ * (resolve-names.nix already drops the rest; this keeps anything else out of
+ * images and SBOMs). Undefined when nothing is known.
+ */
+export function parseMeta(raw: unknown): PackageMeta | undefined {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) return undefined;
+  const meta: { -readonly [K in keyof PackageMeta]?: string } = {};
+  for (const k of META_KEYS) {
+    const v = (raw as Record<string, unknown>)[k];
+    if (typeof v === 'string' && v !== '') meta[k] = v;
+  }
+  return Object.keys(meta).length > 0 ? meta : undefined;
+}
+
 interface ResolveAnswer {
-  ok: ResolvedPackage[];
+  ok: (Omit<ResolvedPackage, 'meta'> & { meta?: unknown })[];
   errors: { name: string; kind: MissingPackage['kind']; candidates?: string[] }[];
 }
 
@@ -234,7 +251,10 @@ export class ExecaNixRunner implements NixRunner {
         answer.errors.map((e) => ({ name: e.name, kind: e.kind, ...(e.candidates ? { candidates: e.candidates } : {}) })),
       );
     }
-    return answer.ok;
+    return answer.ok.map(({ name, attr, drv, out, meta }) => {
+      const m = parseMeta(meta);
+      return { name, attr, drv, out, ...(m ? { meta: m } : {}) };
+    });
   }
 
   async realise(drvs: readonly string[], opts: RealiseOptions = {}): Promise<void> {
