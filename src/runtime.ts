@@ -12,7 +12,7 @@ import { ConfigError, StorageError } from './errors.js';
 import { availableParallelism } from 'node:os';
 import { ParallelPacker } from './layers/parallel-pack.js';
 import { parsePopularity, type Popularity } from './layers/popularity.js';
-import { storePathSegments, symlinkLayerEntries } from './layers/walk.js';
+import { binPrograms, storePathSegments, symlinkLayerEntries } from './layers/walk.js';
 import type { Logger } from './log.js';
 import { ExecaNixRunner, type NixRunner, type NixRunnerStats } from './nix/runner.js';
 import { ChannelSource, GitSource, PathSource, type PackageSourceResolver } from './nix/sources.js';
@@ -93,7 +93,7 @@ export async function createRuntime(config: Config, log: Logger, adapters: Runti
     storage,
     source,
     log,
-    reader: adapters.reader ?? { storePathSegments: (p) => storePathSegments(p), symlinkLayerEntries: (r) => symlinkLayerEntries(r) },
+    reader: adapters.reader ?? { storePathSegments: (p) => storePathSegments(p), symlinkLayerEntries: (r) => symlinkLayerEntries(r), binPrograms: (p) => binPrograms(p) },
     pack: (segments, out, opts) => packer.pack(segments, out, opts),
     warm: (segments, signal) => packer.warm(segments, signal),
     popularity,

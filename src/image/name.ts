@@ -6,6 +6,7 @@
  *   arm64  build for aarch64-linux only (a plain manifest, never an index)
  *   amd64  build for x86_64-linux only (likewise)
  *   shell  bashInteractive, coreutils, moreutils and nano
+ *   nonroot  run as the `nonroot` user (65532), home /home/nonroot
  * A name without arm64/amd64 is built for the server's default platform,
  * or for every configured platform when the client accepts an index.
  * `cacert` and `iana-etc` are added to every image (TLS and /etc/services),
@@ -47,6 +48,17 @@ export interface ImageSpec {
   readonly arch: Architecture;
   /** The name chose the platform (`arm64/`, `amd64/`): a plain manifest, never an index. */
   readonly pinned: boolean;
+  /** `nonroot/` at the front: the image runs as user 65532. */
+  readonly nonroot: boolean;
+  /** `shell/` at the front. */
+  readonly shell: boolean;
+  /**
+   * The image's name as every spelling of it shares it: meta-packages in a
+   * fixed order (nonroot, shell), then the other packages sorted, without
+   * the platform and the two every image gets (`shell/git/htop` for
+   * `htop/git` after `shell`). The image's title label.
+   */
+  readonly canonicalName: string;
 }
 
 const SHELL_PACKAGES = ['bashInteractive', 'coreutils', 'moreutils', 'nano'] as const;
@@ -94,15 +106,25 @@ export function parseImageName(name: string, tag: string, defaultArch: Architect
   validateTag(tag);
   const components = name.split('/');
   let pinned: Architecture | undefined;
+  let shell = false;
+  let nonroot = false;
   const packages = new Set<string>(ALWAYS_INCLUDED);
   let i = 0;
   for (; i < components.length; i++) {
     const c = components[i]!;
     if (c === 'arm64') pinned = ARM64;
     else if (c === 'amd64') pinned = AMD64;
-    else if (c === 'shell') SHELL_PACKAGES.forEach((p) => packages.add(p));
+    else if (c === 'shell') {
+      shell = true;
+      SHELL_PACKAGES.forEach((p) => packages.add(p));
+    } else if (c === 'nonroot') nonroot = true;
     else break;
   }
-  for (; i < components.length; i++) packages.add(components[i]!);
-  return { name, tag, packages: [...packages].sort(), arch: pinned ?? defaultArch, pinned: pinned !== undefined };
+  const named = new Set<string>();
+  for (; i < components.length; i++) {
+    packages.add(components[i]!);
+    named.add(components[i]!);
+  }
+  const canonicalName = [...(nonroot ? ['nonroot'] : []), ...(shell ? ['shell'] : []), ...[...named].sort()].join('/');
+  return { name, tag, packages: [...packages].sort(), arch: pinned ?? defaultArch, pinned: pinned !== undefined, nonroot, shell, canonicalName };
 }

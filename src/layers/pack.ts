@@ -7,7 +7,8 @@
  *
  *   entries -> tar-stream pack -> [sha256: diffId] -> gzip -> [sha256 + count: digest, size] -> out
  *
- * Determinism: every header carries mtime 1 (as in the Nix store), uid/gid 0,
+ * Determinism: every header carries mtime 1 (as in the Nix store), uid/gid 0
+ * (or the owner an image file of our own names),
  * empty user and group names, the mode given by the caller, and entries are
  * written in the order given (walk.ts sorts them). Node's gzip header has no
  * file name and mtime 0, so the same entries give the same bytes on every
@@ -44,6 +45,9 @@ export interface TarEntry {
    * close, which for a tree of small files costs ten times the reading.
    */
   read?: () => Buffer;
+  /** Owner; 0 (root) when absent. Only the image's own files have another (a non-root user's home). */
+  uid?: number;
+  gid?: number;
 }
 
 export interface PackOptions {
@@ -180,8 +184,8 @@ function toHeader(e: TarEntry): TarHeader {
     name: e.type === 'directory' ? `${e.name}/` : e.name,
     type: TAR_TYPE[e.type],
     mode: e.mode | TYPE_BITS[e.type],
-    uid: 0,
-    gid: 0,
+    uid: e.uid ?? 0,
+    gid: e.gid ?? 0,
     uname: '',
     gname: '',
     mtime: MTIME,

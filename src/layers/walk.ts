@@ -301,3 +301,18 @@ export async function symlinkLayerEntries(storePaths: readonly string[], opts: W
   for (const storePath of storePaths) packages.push({ storePath, tree: await readDirTree(storePath, opts) });
   return planSymlinkLayer(packages);
 }
+
+/**
+ * The programs a store path offers: names in its `bin/` that are not
+ * directories, sorted; empty without a `bin/`. For an image's default command.
+ */
+export async function binPrograms(storePath: string, opts: WalkOptions = {}): Promise<string[]> {
+  const dir = path.join(opts.root ?? '/', storePath, 'bin');
+  try {
+    const entries = await readdir(dir, { withFileTypes: true });
+    return entries.filter((e) => !e.isDirectory()).map((e) => e.name).sort(compareBytes);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT' || (e as NodeJS.ErrnoException).code === 'ENOTDIR') return [];
+    throw e;
+  }
+}

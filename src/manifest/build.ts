@@ -61,6 +61,12 @@ export interface ImageConfigInput {
   readonly layers: readonly LayerInfo[];
   /** Start `bash` by default, as Nixery does, when bashInteractive is in the image. */
   readonly hasShell: boolean;
+  /** The default command otherwise (an image of one package: its main program). */
+  readonly cmd?: readonly string[] | undefined;
+  /** Run as this user (`65532:65532`) with this home, which is also the working directory. */
+  readonly user?: { readonly id: string; readonly home: string } | undefined;
+  /** OCI labels (org.opencontainers.image.*). */
+  readonly labels?: Readonly<Record<string, string>> | undefined;
 }
 
 function blob(value: unknown, mediaType: string): Blob {
@@ -69,10 +75,16 @@ function blob(value: unknown, mediaType: string): Blob {
 }
 
 export function buildImageConfig(input: ImageConfigInput): Blob {
-  const config: Record<string, unknown> = {
-    Env: ['PATH=/bin:/usr/bin:/sbin:/usr/sbin', 'SSL_CERT_FILE=/etc/ssl/certs/ca-bundle.crt'],
-  };
+  const env = ['PATH=/bin:/usr/bin:/sbin:/usr/sbin', 'SSL_CERT_FILE=/etc/ssl/certs/ca-bundle.crt'];
+  if (input.user) env.push(`HOME=${input.user.home}`);
+  const config: Record<string, unknown> = { Env: env };
   if (input.hasShell) config['Cmd'] = ['bash'];
+  else if (input.cmd && input.cmd.length > 0) config['Cmd'] = [...input.cmd];
+  if (input.user) {
+    config['User'] = input.user.id;
+    config['WorkingDir'] = input.user.home;
+  }
+  if (input.labels && Object.keys(input.labels).length > 0) config['Labels'] = sortedRecord(input.labels);
   return blob(
     {
       created: CREATED,
@@ -94,7 +106,16 @@ export interface BlobDescriptor {
   readonly size: number;
 }
 
-export function buildManifest(mediaType: ManifestMediaType, config: BlobDescriptor, layers: readonly BlobDescriptor[]): Blob {
+/**
+ * `annotations` go into the OCI manifest only: Docker's schema 2 has no
+ * such field (its clients read the config's labels).
+ */
+export function buildManifest(
+  mediaType: ManifestMediaType,
+  config: BlobDescriptor,
+  layers: readonly BlobDescriptor[],
+  annotations?: Readonly<Record<string, string>>,
+): Blob {
   const oci = mediaType === MediaType.ociManifest;
   return blob(
     {
@@ -106,20 +127,38 @@ export function buildManifest(mediaType: ManifestMediaType, config: BlobDescript
         digest: l.digest,
         size: l.size,
       })),
+      ...(oci && annotations && Object.keys(annotations).length > 0 ? { annotations: sortedRecord(annotations) } : {}),
     },
     mediaType,
   );
 }
 
+/** Keys in a fixed order: the same labels give the same bytes however they were assembled. */
+function sortedRecord(r: Readonly<Record<string, string>>): Record<string, string> {
+  return Object.fromEntries(Object.entries(r).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+}
+
 export const MANIFEST_TYPES: readonly ManifestMediaType[] = [MediaType.ociManifest, MediaType.dockerManifest];
 
 /** Both manifest flavours of one platform's image: one build serves OCI and Docker clients. */
-export function assembleManifests(config: BlobDescriptor, layers: readonly BlobDescriptor[]): Record<ManifestMediaType, Blob> {
+export function assembleManifests(
+  config: BlobDescriptor,
+  layers: readonly BlobDescriptor[],
+  annotations?: Readonly<Record<string, string>>,
+): Record<ManifestMediaType, Blob> {
   return {
-    [MediaType.ociManifest]: buildManifest(MediaType.ociManifest, config, layers),
+    [MediaType.ociManifest]: buildManifest(MediaType.ociManifest, config, layers, annotations),
     [MediaType.dockerManifest]: buildManifest(MediaType.dockerManifest, config, layers),
   };
 }
+
+export const Label = {
+  source: 'org.opencontainers.image.source',
+  revision: 'org.opencontainers.image.revision',
+  title: 'org.opencontainers.image.title',
+  created: 'org.opencontainers.image.created',
+  description: 'org.opencontainers.image.description',
+} as const;
 
 /** One platform's manifest as an index lists it. */
 export interface IndexEntry extends BlobDescriptor {

@@ -112,6 +112,28 @@ export function redactUrl(url: string): string {
  * in every URL, and the secret itself wherever else it appears (e.g. git
  * quoting a URL it rewrote, or a percent-decoded password).
  */
+/**
+ * Where the package set comes from, as an image may say it publicly
+ * (org.opencontainers.image.source): a git repository's URL or a channel's
+ * archive URL without credentials or query; undefined for a local path,
+ * which is the server's business.
+ */
+export function publicSourceUrl(nix: NixSource): string | undefined {
+  if (nix.srcType === 'path') return undefined;
+  const shown = credentialRedactor(nix.url)(nix.url);
+  try {
+    const u = new URL(shown);
+    u.username = '';
+    u.password = '';
+    u.search = '';
+    u.hash = '';
+    return u.toString();
+  } catch {
+    // scp-like git addresses (git@host:org/repo): no password to hide.
+    return shown;
+  }
+}
+
 export function credentialRedactor(url: string): (text: string) => string {
   const m = /^([A-Za-z][A-Za-z0-9+.-]*):\/\/([^\s/?#'"`]*)@/.exec(url);
   const secrets = new Set<string>();

@@ -95,8 +95,9 @@ export type ServiceEvent =
 
 export type ServiceListener = (event: ServiceEvent) => void;
 
-const MANIFEST_KEY_VERSION = 'image-v1';
-const INDEX_KEY_VERSION = 'index-v1';
+// v2: images carry users and groups, labels, a default command; the canonical name is part of the key.
+const MANIFEST_KEY_VERSION = 'image-v2';
+const INDEX_KEY_VERSION = 'index-v2';
 /** Attempts of a build whose blobs a garbage-collection pass keeps deleting. */
 const MAX_COLLECTED_RETRIES = 3;
 /**
@@ -167,10 +168,10 @@ export class ImageService {
   /** The cache key of an image at a resolved revision. */
   imageKey(spec: ImageSpec, resolved: ResolvedSource): string {
     // Remembered: hashing on every warm pull was about 4% of its CPU time.
-    const parts = `${resolved.revision}\0${spec.arch.nixSystem}\0${spec.packages.join('\0')}`;
+    const parts = `${resolved.revision}\0${spec.arch.nixSystem}\0${spec.canonicalName}\0${spec.packages.join('\0')}`;
     let key = this.keys.get(parts);
     if (key === undefined) {
-      key = hashKey(MANIFEST_KEY_VERSION, this.layeringIdentity, resolved.revision, spec.arch.nixSystem, ...spec.packages);
+      key = hashKey(MANIFEST_KEY_VERSION, this.layeringIdentity, resolved.revision, spec.arch.nixSystem, spec.canonicalName, ...spec.packages);
       this.keys.set(parts, key);
     }
     return key;
@@ -209,7 +210,7 @@ export class ImageService {
 
   /** The cache key of an index over `platforms` at a resolved revision. */
   indexKey(spec: ImageSpec, platforms: readonly Architecture[], resolved: ResolvedSource): string {
-    return hashKey(INDEX_KEY_VERSION, this.layeringIdentity, resolved.revision, platforms.map((p) => p.nixSystem).join(','), ...spec.packages);
+    return hashKey(INDEX_KEY_VERSION, this.layeringIdentity, resolved.revision, platforms.map((p) => p.nixSystem).join(','), spec.canonicalName, ...spec.packages);
   }
 
   /**
@@ -462,9 +463,9 @@ export class ImageService {
     const { storage, now } = this.deps;
     const lease = new BuildLease(storage, now);
     try {
-      const platform = await this.builder.build(build, spec.packages, spec.arch, resolved, this.deps.shutdown, (d) => lease.add(d));
+      const platform = await this.builder.build(build, spec, resolved, this.deps.shutdown, (d) => lease.add(d));
       const manifests = {} as Record<ManifestMediaType, BlobRef>;
-      const assembled = assembleManifests(platform.config, platform.layers);
+      const assembled = assembleManifests(platform.config, platform.layers, platform.annotations);
       for (const type of MANIFEST_TYPES) {
         const m = assembled[type];
         await lease.add([m.digest as Digest]);

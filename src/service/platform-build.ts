@@ -13,7 +13,10 @@ import { createHash } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import pLimit from 'p-limit';
 import type { Digest } from '../digest.js';
-import type { Architecture } from '../image/name.js';
+import { essentialEntries, NONROOT_HOME, NONROOT_UID } from '../image/essentials.js';
+import { imageLabels, mainProgram } from '../image/labels.js';
+import { ALWAYS_INCLUDED, type ImageSpec } from '../image/name.js';
+import { compareBytes } from '../layers/forest.js';
 import { storePathName } from '../layers/graph.js';
 import { groupLayers } from '../layers/group.js';
 import type { TarEntry } from '../layers/pack.js';
@@ -21,8 +24,8 @@ import type { LayerSegment } from '../layers/parallel-pack.js';
 import type { Popularity } from '../layers/popularity.js';
 import type { Logger } from '../log.js';
 import { MediaType, buildImageConfig, type LayerInfo } from '../manifest/build.js';
-import type { NixRunner, NixSource } from '../nix/runner.js';
-import type { ResolvedSource } from '../nix/sources.js';
+import type { NixRunner, NixSource, ResolvedPackage } from '../nix/runner.js';
+import { publicSourceUrl, type ResolvedSource } from '../nix/sources.js';
 import type { StorageBackend } from '../storage/backend.js';
 import type { Build } from './build.js';
 import type { PlatformImage, StoredLayer } from './records.js';
@@ -33,6 +36,8 @@ export interface LayerReader {
   /** A layer of store paths as segments: the store directories, then one per path. */
   storePathSegments(paths: readonly string[]): LayerSegment[];
   symlinkLayerEntries(roots: readonly string[]): Promise<{ entries: TarEntry[]; conflicts: readonly unknown[] }>;
+  /** Names in a store path's bin/ (for the default command); none when absent. */
+  binPrograms?(storePath: string): Promise<string[]>;
 }
 
 /** Packs segments into `out` (which it ends); implemented by layers/parallel-pack.ts. */
@@ -77,6 +82,8 @@ export interface PlatformBuilderDeps {
 // single-stream v1 layers are not reused, so a store path's layer has the
 // same bytes on every server running this code.
 const LAYER_KEY_VERSION = 'layer-v2';
+/** The image's own files in the symlink layer (image/essentials.ts); a change regroups no store path. */
+const ESSENTIALS_VERSION = 'essentials-v1';
 
 export function hashKey(...parts: string[]): string {
   return createHash('sha256').update(parts.join('\0')).digest('hex');
@@ -92,8 +99,7 @@ export class PlatformBuilder {
 
   async build(
     build: Build,
-    packages: readonly string[],
-    arch: Architecture,
+    spec: ImageSpec,
     resolved: ResolvedSource,
     signal: AbortSignal | undefined,
     /**
@@ -102,15 +108,13 @@ export class PlatformBuilder {
      */
     hold: (digests: Digest[]) => Promise<void> = async () => undefined,
   ): Promise<PlatformImage> {
-    const { nix, storage, now } = this.deps;
-    const platform = arch.ociArch;
-    const phase = (p: 'resolve' | 'realise' | 'closure' | 'group' | 'pack' | 'manifest') => build.emit({ type: 'phase', at: now(), phase: p, platform });
-
-    phase('resolve');
+    const { nix, now } = this.deps;
+    const arch = spec.arch;
+    build.emit({ type: 'phase', at: now(), phase: 'resolve', platform: arch.ociArch });
     const roots = this.deps.roots;
     let release: (() => Promise<void>) | undefined;
     const pkgs = await (roots ? roots.shield.bind(roots) : <T>(fn: () => Promise<T>) => fn())(async () => {
-      const found = await nix.resolve(resolved.nix, packages, arch.nixSystem, { signal });
+      const found = await nix.resolve(resolved.nix, spec.packages, arch.nixSystem, { signal });
       // Fetched by that evaluation; kept so a collection does not force a refetch.
       await roots?.holdSource(resolved.nix).catch(() => undefined);
       // The .drv files exist from here on and the outputs once built: a
@@ -119,7 +123,7 @@ export class PlatformBuilder {
       return found;
     });
     try {
-      return await this.afterResolve(build, pkgs, packages, arch, signal, hold);
+      return await this.afterResolve(build, pkgs, spec, resolved, signal, hold);
     } finally {
       await release?.().catch(() => undefined);
     }
@@ -127,13 +131,14 @@ export class PlatformBuilder {
 
   private async afterResolve(
     build: Build,
-    pkgs: readonly { readonly drv: string; readonly out: string }[],
-    packages: readonly string[],
-    arch: Architecture,
+    pkgs: readonly ResolvedPackage[],
+    spec: ImageSpec,
+    resolved: ResolvedSource,
     signal: AbortSignal | undefined,
     hold: (digests: Digest[]) => Promise<void>,
   ): Promise<PlatformImage> {
     const { nix, storage, now } = this.deps;
+    const { arch, packages } = spec;
     const platform = arch.ociArch;
     const phase = (p: 'resolve' | 'realise' | 'closure' | 'group' | 'pack' | 'manifest') => build.emit({ type: 'phase', at: now(), phase: p, platform });
     phase('realise');
@@ -155,24 +160,46 @@ export class PlatformBuilder {
     );
     // Package order decides symlink conflicts: the image's sorted package order.
     const forestRoots = pkgs.map((p) => p.out);
+    const essentials = { nonroot: spec.nonroot };
+    const symlinkKey = ['symlinks', ESSENTIALS_VERSION, spec.nonroot ? 'nonroot' : 'root', ...forestRoots];
     const symlinkLayer = held(
-      this.layer(build, platform, 'symlink layer', ['symlinks', ...forestRoots], async () => {
+      this.layer(build, platform, 'symlink layer', symlinkKey, async () => {
         const plan = await this.deps.reader.symlinkLayerEntries(forestRoots);
         if (plan.conflicts.length > 0) this.deps.log.info({ image: build.image, conflicts: plan.conflicts }, 'symlink layer conflicts');
-        return [{ entries: () => plan.entries }];
+        return [{ entries: () => withEssentials(plan.entries, essentials) }];
       }, signal, hold),
     );
     const layers: LayerInfo[] = await Promise.all([...storeLayers, symlinkLayer]);
 
     phase('manifest');
-    const config = buildImageConfig({ arch, layers, hasShell: packages.includes('bashInteractive') });
+    const labels = imageLabels({ title: spec.canonicalName, revision: resolved.revision, sourceUrl: publicSourceUrl(resolved.nix), packages: pkgs });
+    const config = buildImageConfig({
+      arch,
+      layers,
+      hasShell: packages.includes('bashInteractive'),
+      cmd: await this.defaultCommand(spec, pkgs),
+      user: spec.nonroot ? { id: `${NONROOT_UID}:${NONROOT_UID}`, home: NONROOT_HOME } : undefined,
+      labels,
+    });
     await hold([config.digest as Digest]);
     await storage.putBlob(MediaType.ociConfig, config.bytes);
     return {
       platform: { os: 'linux', architecture: arch.ociArch },
       config: { digest: config.digest as Digest, size: config.size },
       layers: layers.map((l) => ({ digest: l.digest as Digest, size: l.size, diffId: l.diffId as Digest })),
+      annotations: labels,
     };
+  }
+
+  /** An image of one package (besides cacert and iana-etc) without `shell` runs its main program. */
+  private async defaultCommand(spec: ImageSpec, pkgs: readonly ResolvedPackage[]): Promise<string[] | undefined> {
+    if (spec.shell) return undefined;
+    const own = pkgs.filter((p) => !(ALWAYS_INCLUDED as readonly string[]).includes(p.name));
+    if (own.length !== 1) return undefined;
+    const pkg = own[0]!;
+    const bins = pkg.meta?.mainProgram ? [] : ((await this.deps.reader.binPrograms?.(pkg.out)) ?? []);
+    const program = mainProgram(pkg.meta?.mainProgram, bins);
+    return program === undefined ? undefined : [`/bin/${program}`];
   }
 
   /**
@@ -247,4 +274,23 @@ export class PlatformBuilder {
         return { ...l, description };
       });
   }
+}
+
+/**
+ * The symlink layer's entries with the image's own files (users and groups,
+ * homes) added where the packages have nothing at that name, or above it.
+ */
+function withEssentials(entries: readonly TarEntry[], opts: { nonroot: boolean }): TarEntry[] {
+  const byName = new Map(entries.map((e) => [e.name, e]));
+  const taken = (name: string): boolean => {
+    if (byName.has(name)) return true;
+    // Below a package's file or symlink (`etc -> ...`) there is no room.
+    const parts = name.split('/');
+    for (let i = 1; i < parts.length; i++) {
+      const above = byName.get(parts.slice(0, i).join('/'));
+      if (above !== undefined && above.type !== 'directory') return true;
+    }
+    return false;
+  };
+  return [...entries, ...essentialEntries(opts, taken)].sort((a, b) => compareBytes(a.name, b.name));
 }

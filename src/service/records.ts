@@ -31,6 +31,8 @@ export interface PlatformImage {
   readonly platform: Platform;
   readonly config: BlobRef;
   readonly layers: readonly StoredLayer[];
+  /** Annotations of its OCI manifest (the config's labels). */
+  readonly annotations?: Readonly<Record<string, string>>;
 }
 
 /** One platform of an index: its image and its own manifests. */

@@ -11,7 +11,7 @@ import { Htpasswd } from '../../src/auth/htpasswd.js';
 import { parseConfig } from '../../src/config.js';
 import { authenticator } from '../../src/http/auth.js';
 import { createApp } from '../../src/http/app.js';
-import { storePathSegments, symlinkLayerEntries } from '../../src/layers/walk.js';
+import { binPrograms, storePathSegments, symlinkLayerEntries } from '../../src/layers/walk.js';
 import { silentLogger, type Logger } from '../../src/log.js';
 import type { PackageSourceResolver } from '../../src/nix/sources.js';
 import { ROOT, createRuntime, type Runtime } from '../../src/runtime.js';
@@ -99,6 +99,7 @@ export async function inProcessRegistry(
     reader: {
       storePathSegments: (p) => storePathSegments(p, { root }),
       symlinkLayerEntries: (r) => symlinkLayerEntries(r, { root }),
+      binPrograms: (p) => binPrograms(p, { root }),
     },
     ...(opts.now ? { now: opts.now } : {}),
   });

@@ -32,6 +32,24 @@ describe('docker', () => {
   });
 });
 
+describe('docker: images that behave like images', () => {
+  it('runs a one-package image\'s main program by default, lets arguments replace it, starts bash for shell', async () => {
+    const run = (...args: string[]) => engines!.docker(['run', '--rm', '--network', 'none', ...args]);
+    expect(await run(`${server.host}/hello`)).toMatch(/Hello/);
+    expect(await run(`${server.host}/jq`, 'jq', '--version')).toMatch(/^jq-/);
+    // No "no command specified": bash starts, reads the closed stdin and exits 0.
+    expect(await run(`${server.host}/shell`)).toBe('');
+    expect((await engines!.docker(['image', 'inspect', '--format', '{{json .Config.Cmd}}', `${server.host}/shell`])).trim()).toBe('["bash"]');
+  });
+
+  it('runs nonroot images as 65532 with a writable home, and root images with a passwd entry and home for git', async () => {
+    const run = (...args: string[]) => engines!.docker(['run', '--rm', '--network', 'none', ...args]);
+    const out = await run(`${server.host}/nonroot/shell`, 'bash', '-c', 'id -u; id -un; echo x > "$HOME/f" && echo "$HOME" && pwd');
+    expect(out.trim().split('\n')).toEqual(['65532', 'nonroot', '/home/nonroot', '/home/nonroot']);
+    expect((await run(`${server.host}/shell/git`, 'bash', '-c', 'whoami && git config --global user.name x && git config --global user.name')).trim()).toBe('root\nx');
+  });
+});
+
 describe('containerd (ctr)', () => {
   it('pulls over plain HTTP and runs the image', async () => {
     const ref = `${server.host}/jq/hello:latest`;

@@ -1,7 +1,7 @@
 import { stdSerializers } from 'pino';
 import { describe, expect, it } from 'vitest';
 import { SourceUnavailableError } from '../../src/errors.js';
-import { CachedValue, credentialRedactor, GitSource, parseLsRemote, redactUrl } from '../../src/nix/sources.js';
+import { CachedValue, credentialRedactor, GitSource, parseLsRemote, publicSourceUrl, redactUrl } from '../../src/nix/sources.js';
 
 const A = 'a'.repeat(40);
 const B = 'b'.repeat(40);
@@ -220,5 +220,15 @@ describe('GitSource', () => {
     s.close();
     await s.resolve('latest');
     expect(git.calls).toHaveLength(2);
+  });
+});
+
+describe('publicSourceUrl', () => {
+  it('shows a repository or archive URL without credentials or query, and nothing for a local path', () => {
+    expect(publicSourceUrl({ srcType: 'git', url: 'https://user:s3cret@git.example.org/pkgs.git', rev: 'a'.repeat(40) })).toBe('https://git.example.org/pkgs.git');
+    expect(publicSourceUrl({ srcType: 'git', url: 'https://ghp_token@github.com/o/r?x=1', rev: 'a'.repeat(40) })).toBe('https://github.com/o/r');
+    expect(publicSourceUrl({ srcType: 'git', url: 'git@github.com:o/r.git', rev: 'a'.repeat(40) })).toBe('git@github.com:o/r.git');
+    expect(publicSourceUrl({ srcType: 'tarball', url: 'https://github.com/NixOS/nixpkgs/archive/abc.tar.gz' })).toBe('https://github.com/NixOS/nixpkgs/archive/abc.tar.gz');
+    expect(publicSourceUrl({ srcType: 'path', path: '/srv/pkgs' })).toBeUndefined();
   });
 });
