@@ -11,9 +11,13 @@
  *      (that order is what makes it safe against builds: leases.ts), and
  *      choose the blobs no record or lease names that are older than the
  *      grace period;
- *   4. delete the layer records that point at those blobs, so that no cache
- *      entry ever points at a missing blob, then each blob with the version
- *      listed in 3 (a blob marked used since then stays);
+ *   4. delete the layer records that point at those blobs and the referrers
+ *      records of those manifests, so that no cache entry ever points at a
+ *      missing blob, then each blob with the version listed in 3 (a blob
+ *      marked used since then stays). A rebuild may write the same
+ *      referrers record meanwhile and lose it here while its blobs stay
+ *      (marked): the service writes it again when it next loads the image
+ *      from storage (image-service.ts cachedImage);
  *   5. remove leases of builds that died and staging leftovers of killed
  *      writes.
  *
@@ -68,6 +72,7 @@ export interface PassReport {
   readonly imagesKept: number;
   /** Blobs deleted (or, in a dry run, that would be). */
   readonly blobs: { readonly count: number; readonly bytes: number; readonly digests: readonly string[] };
+  /** Layer and referrers records deleted with the blobs they point at. */
   readonly layerRecords: number;
   readonly staleLeases: number;
   readonly staging: number;
@@ -146,6 +151,11 @@ export async function runPass(deps: PassDeps, opts: { dryRun?: boolean } = {}): 
     if (digest !== undefined && !doomedSet.has(digest)) continue;
     layerRecords++;
     if (!dryRun) await storage.deleteRecord('layers', key);
+  }
+  for await (const { key } of storage.listRecords('referrers')) {
+    if (!doomedSet.has(`sha256:${key}`)) continue;
+    layerRecords++;
+    if (!dryRun) await storage.deleteRecord('referrers', key);
   }
   let count = 0;
   let bytes = 0;

@@ -59,7 +59,7 @@ export type AppEnv = { Variables: RequestIdVariables & Partial<AuthVariables> };
 const API_VERSION = { 'Docker-Distribution-API-Version': 'registry/2.0' };
 
 /** `/v2/<name>/<kind>/<reference>`: only to find the name in a raw path with dot segments. */
-const ROUTE = /^\/v2\/(.+)\/(manifests|blobs|tags)\/([^/]+)$/;
+const ROUTE = /^\/v2\/(.+)\/(manifests|blobs|tags|referrers)\/([^/]+)$/;
 
 export function createApp(deps: AppDeps): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
@@ -121,12 +121,16 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   app.on(['GET', 'HEAD'], '/v2/:name{.+}/manifests/:reference', (c) => manifest(c, c.req.param('name'), c.req.param('reference')));
   app.on(['GET', 'HEAD'], '/v2/:name{.+}/blobs/:digest', (c) => blob(c, c.req.param('name'), c.req.param('digest')));
   app.get('/v2/:name{.+}/tags/list', (c) => tagsList(c, c.req.param('name')));
+  app.get('/v2/:name{.+}/referrers/:digest', (c) => referrers(c, c.req.param('name'), c.req.param('digest')));
 
   app.all('/v2/*', (c) => {
     // Uploads (/blobs/uploads/...), deletes, pushes and unknown routes.
     const method = c.req.method;
     throw method === 'GET' || method === 'HEAD'
-      ? new UnsupportedError(`${method} ${c.req.path}`, 'this registry serves /v2/<name>/manifests/<reference>, /v2/<name>/blobs/<digest> and /v2/<name>/tags/list')
+      ? new UnsupportedError(
+          `${method} ${c.req.path}`,
+          'this registry serves /v2/<name>/manifests/<reference>, /v2/<name>/blobs/<digest>, /v2/<name>/referrers/<digest> and /v2/<name>/tags/list',
+        )
       : new UnsupportedError(`${method} (pushing and deleting)`);
   });
 
@@ -178,6 +182,25 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
       ...headers,
       'Content-Length': String(length),
       ...(range ? { 'Content-Range': `bytes ${range.start}-${range.end}/${info.size}` } : {}),
+    });
+  }
+
+  /**
+   * The referrers API (distribution-spec 1.1): the artifacts attached to a
+   * manifest (its SBOM), as an OCI index; `?artifactType=` filters, and the
+   * answer says so in OCI-Filters-Applied. An unknown digest has an empty
+   * index; a malformed one is 400 DIGEST_INVALID.
+   */
+  async function referrers(c: Context<AppEnv>, name: string, reference: string): Promise<Response> {
+    validateName(name);
+    const digest = parseDigest(reference);
+    const artifactType = c.req.query('artifactType');
+    const body = await deps.service.referrers(digest, artifactType);
+    return reply(c, 200, new Uint8Array(body), {
+      'Content-Type': MediaType.ociIndex,
+      'Content-Length': String(body.length),
+      ...API_VERSION,
+      ...(artifactType !== undefined ? { 'OCI-Filters-Applied': 'artifactType' } : {}),
     });
   }
 

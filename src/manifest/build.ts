@@ -185,3 +185,61 @@ export function buildIndex(mediaType: IndexMediaType, entries: readonly IndexEnt
     mediaType,
   );
 }
+
+/**
+ * The OCI empty descriptor's blob (`{}`): the config of an artifact manifest
+ * that has no config of its own (image-spec 1.1, "Guidance for an empty
+ * descriptor"). Stored like any blob so that clients can fetch it.
+ */
+export const EMPTY_CONFIG: Blob = (() => {
+  const bytes = Buffer.from('{}');
+  return { bytes, digest: sha256Digest(bytes), size: bytes.length, mediaType: 'application/vnd.oci.empty.v1+json' };
+})();
+
+/**
+ * An artifact manifest (image-spec 1.1): an OCI image manifest with an
+ * `artifactType`, the empty config, the artifact as its one layer, and the
+ * manifest it is about as `subject`, which is what the referrers API lists
+ * it under.
+ */
+export function buildArtifactManifest(
+  artifactType: string,
+  artifact: BlobDescriptor & { readonly mediaType: string },
+  subject: BlobDescriptor & { readonly mediaType: string },
+): Blob {
+  return blob(
+    {
+      schemaVersion: 2,
+      mediaType: MediaType.ociManifest,
+      artifactType,
+      config: { mediaType: EMPTY_CONFIG.mediaType, digest: EMPTY_CONFIG.digest, size: EMPTY_CONFIG.size, data: EMPTY_CONFIG.bytes.toString('base64') },
+      layers: [{ mediaType: artifact.mediaType, digest: artifact.digest, size: artifact.size }],
+      subject: { mediaType: subject.mediaType, digest: subject.digest, size: subject.size },
+      annotations: { [Label.created]: CREATED },
+    },
+    MediaType.ociManifest,
+  );
+}
+
+/** One artifact as the referrers API lists it. */
+export interface ReferrerDescriptor extends BlobDescriptor {
+  readonly artifactType: string;
+  readonly annotations?: Readonly<Record<string, string>>;
+}
+
+/** The referrers API's answer: an OCI image index of the artifact manifests (distribution-spec 1.1). */
+export function buildReferrersIndex(referrers: readonly ReferrerDescriptor[]): Buffer {
+  return Buffer.from(
+    JSON.stringify({
+      schemaVersion: 2,
+      mediaType: MediaType.ociIndex,
+      manifests: referrers.map((r) => ({
+        mediaType: MediaType.ociManifest,
+        digest: r.digest,
+        size: r.size,
+        artifactType: r.artifactType,
+        ...(r.annotations ? { annotations: r.annotations } : {}),
+      })),
+    }),
+  );
+}

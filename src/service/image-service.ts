@@ -32,12 +32,16 @@ import { platformName, type Architecture, type ImageSpec } from '../image/name.j
 import type { Popularity } from '../layers/popularity.js';
 import type { Logger } from '../log.js';
 import {
+  EMPTY_CONFIG,
   INDEX_ENTRY_TYPE,
   INDEX_TYPES,
   MANIFEST_TYPES,
   MediaType,
   assembleManifests,
+  buildArtifactManifest,
   buildIndex,
+  buildReferrersIndex,
+  type ReferrerDescriptor,
   type IndexMediaType,
   type ManifestMediaType,
   type ServedMediaType,
@@ -47,7 +51,8 @@ import type { StorageBackend } from '../storage/backend.js';
 import { Admission, DEFAULT_ADMISSION, type AdmissionStats } from './admission.js';
 import { Build, buildTimings } from './build.js';
 import { PlatformBuilder, hashKey, type PlatformBuilderDeps } from './platform-build.js';
-import { decodeIndexRecord, decodeRecord, encodeRecord, imageBlobs, type BlobRef, type BuiltImage, type BuiltIndex, type IndexedPlatform, type PlatformImage } from './records.js';
+import { SPDX_MEDIA_TYPE } from '../sbom/spdx.js';
+import { decodeIndexRecord, decodeRecord, decodeReferrers, encodeRecord, encodeReferrers, imageBlobs, type BlobRef, type BuiltImage, type BuiltIndex, type IndexedPlatform, type PlatformImage } from './records.js';
 import { SingleFlight } from './single-flight.js';
 import { BuildLease } from '../gc/leases.js';
 
@@ -123,6 +128,8 @@ export class ImageService {
   private readonly layeringIdentity: string;
   private readonly limits: Admission;
   private readonly indexes = new LRUCache<string, BuiltIndex>({ max: IMAGE_CACHE_SIZE });
+  /** Referrers by subject hex, as read from storage (only existing artifacts). */
+  private readonly referrerCache = new LRUCache<string, ReferrerDescriptor[]>({ max: 2 * IMAGE_CACHE_SIZE });
   private readonly indexFlights = new SingleFlight<string, BuiltIndex>();
 
   constructor(private readonly deps: ImageServiceDeps) {
@@ -158,6 +165,7 @@ export class ImageService {
     this.cache.clear();
     this.indexes.clear();
     this.manifestBytes.clear();
+    this.referrerCache.clear();
   }
 
   /** Admission's limits and its live counts (read-only). */
@@ -335,7 +343,7 @@ export class ImageService {
   /** A platform's image as an index lists it. */
   private async indexedPlatform(arch: Architecture, image: BuiltImage): Promise<IndexedPlatform> {
     const own = image.platforms[0];
-    if (own !== undefined) return { ...own, manifests: image.manifests };
+    if (own !== undefined) return { ...own, manifests: image.manifests, referrers: image.referrers };
     // A record from before blob lists were kept: the layers from its manifest.
     const raw = await this.deps.storage.readBlob(image.manifests[MediaType.ociManifest].digest);
     const m = JSON.parse(raw?.toString() ?? '{}') as { config?: BlobRef; layers?: BlobRef[] };
@@ -450,8 +458,47 @@ export class ImageService {
     for (const m of Object.values(image.manifests)) {
       if ((await this.deps.storage.statBlob(m.digest)) === undefined) return undefined;
     }
+    // A pass may have removed a referrers record while a rebuild wrote the
+    // same one (gc/pass.ts): put it back, once per load from storage.
+    for (const [type, m] of Object.entries(image.manifests)) {
+      if (image.referrers?.[type as ManifestMediaType] && (await this.deps.storage.getRecord('referrers', m.digest.slice('sha256:'.length))) === undefined) {
+        await this.writeReferrers(image).catch(() => undefined);
+        break;
+      }
+    }
     this.cache.set(key, image);
     return image;
+  }
+
+  /** records/referrers/<manifest hex> for each manifest flavour that has an SBOM attached. */
+  private async writeReferrers(image: BuiltImage): Promise<void> {
+    for (const type of MANIFEST_TYPES) {
+      const artifact = image.referrers?.[type];
+      if (artifact === undefined) continue;
+      const subject = image.manifests[type].digest.slice('sha256:'.length);
+      await this.deps.storage.putRecord('referrers', subject, encodeReferrers({ referrers: [{ ...artifact, artifactType: SPDX_MEDIA_TYPE }] }));
+      this.referrerCache.delete(subject);
+    }
+  }
+
+  /**
+   * The referrers API: an OCI index of the artifacts whose subject is
+   * `digest` (those still in storage), optionally only of one artifactType.
+   * An unknown digest has none: an empty index.
+   */
+  async referrers(digest: Digest, artifactType?: string): Promise<Buffer> {
+    const hex = digest.slice('sha256:'.length);
+    let listed = this.referrerCache.get(hex);
+    if (listed === undefined) {
+      const raw = await this.deps.storage.getRecord('referrers', hex);
+      const record = raw === undefined ? undefined : decodeReferrers(raw);
+      listed = [];
+      for (const r of record?.referrers ?? []) {
+        if ((await this.deps.storage.statBlob(r.digest as Digest)) !== undefined) listed.push(r);
+      }
+      if (record !== undefined) this.referrerCache.set(hex, listed);
+    }
+    return buildReferrersIndex(artifactType === undefined ? listed : listed.filter((r) => r.artifactType === artifactType));
   }
 
   /**
@@ -472,11 +519,32 @@ export class ImageService {
         await storage.putBlob(type, m.bytes);
         manifests[type] = { digest: m.digest as Digest, size: m.size };
       }
-      const image: BuiltImage = { revision: resolved.revision, packages: spec.packages, system: spec.arch.nixSystem, platforms: [platform], manifests };
+      // The SBOM attached to each manifest flavour (the referrers API).
+      let referrers: Record<ManifestMediaType, BlobRef> | undefined;
+      if (platform.sbom !== undefined) {
+        await lease.add([EMPTY_CONFIG.digest as Digest]);
+        await storage.putBlob(EMPTY_CONFIG.mediaType, EMPTY_CONFIG.bytes);
+        referrers = {} as Record<ManifestMediaType, BlobRef>;
+        for (const type of MANIFEST_TYPES) {
+          const a = buildArtifactManifest(SPDX_MEDIA_TYPE, { mediaType: SPDX_MEDIA_TYPE, ...platform.sbom }, { mediaType: type, ...manifests[type] });
+          await lease.add([a.digest as Digest]);
+          await storage.putBlob(MediaType.ociManifest, a.bytes);
+          referrers[type] = { digest: a.digest as Digest, size: a.size };
+        }
+      }
+      const image: BuiltImage = {
+        revision: resolved.revision,
+        packages: spec.packages,
+        system: spec.arch.nixSystem,
+        platforms: [platform],
+        manifests,
+        ...(referrers ? { referrers } : {}),
+      };
       const missing = await lease.protect(imageBlobs(image));
       if (missing.length > 0) return undefined;
       // Persisted before the answer: clients fetch by digest right after.
       await storage.putRecord('manifests', key, encodeRecord(image));
+      await this.writeReferrers(image);
       return image;
     } finally {
       await lease.release().catch(() => undefined);

@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import pLimit from 'p-limit';
-import type { Digest } from '../digest.js';
+import { sha256Digest, type Digest } from '../digest.js';
 import { essentialEntries, NONROOT_HOME, NONROOT_UID } from '../image/essentials.js';
 import { imageLabels, mainProgram } from '../image/labels.js';
 import { ALWAYS_INCLUDED, type ImageSpec } from '../image/name.js';
@@ -26,6 +26,7 @@ import type { Logger } from '../log.js';
 import { MediaType, buildImageConfig, type LayerInfo } from '../manifest/build.js';
 import type { NixRunner, NixSource, ResolvedPackage } from '../nix/runner.js';
 import { publicSourceUrl, type ResolvedSource } from '../nix/sources.js';
+import { buildSpdx, SPDX_MEDIA_TYPE } from '../sbom/spdx.js';
 import type { StorageBackend } from '../storage/backend.js';
 import type { Build } from './build.js';
 import type { PlatformImage, StoredLayer } from './records.js';
@@ -172,7 +173,20 @@ export class PlatformBuilder {
     const layers: LayerInfo[] = await Promise.all([...storeLayers, symlinkLayer]);
 
     phase('manifest');
-    const labels = imageLabels({ title: spec.canonicalName, revision: resolved.revision, sourceUrl: publicSourceUrl(resolved.nix), packages: pkgs });
+    const sourceUrl = publicSourceUrl(resolved.nix);
+    const labels = imageLabels({ title: spec.canonicalName, revision: resolved.revision, sourceUrl, packages: pkgs });
+    // The SBOM: every store path of the closure; attached to the manifests by the service.
+    const sbomBytes = buildSpdx({
+      imageName: spec.canonicalName,
+      architecture: arch.ociArch,
+      revision: resolved.revision,
+      source: sourceUrl ?? 'local package set',
+      graph,
+      packages: pkgs,
+    });
+    const sbom = { digest: sha256Digest(sbomBytes), size: sbomBytes.length };
+    await hold([sbom.digest]);
+    await storage.putBlob(SPDX_MEDIA_TYPE, sbomBytes);
     const config = buildImageConfig({
       arch,
       layers,
@@ -188,6 +202,7 @@ export class PlatformBuilder {
       config: { digest: config.digest as Digest, size: config.size },
       layers: layers.map((l) => ({ digest: l.digest as Digest, size: l.size, diffId: l.diffId as Digest })),
       annotations: labels,
+      sbom,
     };
   }
 

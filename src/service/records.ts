@@ -10,7 +10,7 @@
  * of them for as long as the index is kept.
  */
 import type { Digest } from '../digest.js';
-import { MediaType, type IndexMediaType, type ManifestMediaType } from '../manifest/build.js';
+import { EMPTY_CONFIG, MediaType, type IndexMediaType, type ManifestMediaType, type ReferrerDescriptor } from '../manifest/build.js';
 
 export interface BlobRef {
   readonly digest: Digest;
@@ -33,11 +33,14 @@ export interface PlatformImage {
   readonly layers: readonly StoredLayer[];
   /** Annotations of its OCI manifest (the config's labels). */
   readonly annotations?: Readonly<Record<string, string>>;
+  /** Its SBOM (SPDX JSON), attached to its manifests as artifacts (`referrers` of the image). */
+  readonly sbom?: BlobRef;
 }
 
 /** One platform of an index: its image and its own manifests. */
 export interface IndexedPlatform extends PlatformImage {
   readonly manifests: Readonly<Record<ManifestMediaType, BlobRef>>;
+  readonly referrers?: Readonly<Record<ManifestMediaType, BlobRef>> | undefined;
 }
 
 export interface BuiltIndex {
@@ -66,6 +69,8 @@ export interface BuiltImage {
   /** Empty for images recorded before blob lists were kept (version 1). */
   readonly platforms: readonly PlatformImage[];
   readonly manifests: Readonly<Record<ManifestMediaType, BlobRef>>;
+  /** Per manifest flavour, the artifact manifest attaching the SBOM to it (absent in older records). */
+  readonly referrers?: Readonly<Record<ManifestMediaType, BlobRef>> | undefined;
 }
 
 interface RecordV1 {
@@ -83,6 +88,7 @@ interface RecordV2 {
   readonly system: string;
   readonly platforms: readonly PlatformImage[];
   readonly manifests: Readonly<Record<ManifestMediaType, BlobRef>>;
+  readonly referrers?: Readonly<Record<ManifestMediaType, BlobRef>> | undefined;
 }
 
 interface RecordV3 extends BuiltIndex {
@@ -121,7 +127,9 @@ export function decodeStoredRecord(bytes: Buffer): StoredRecord | undefined {
   }
   if (!r.manifests?.[MediaType.ociManifest] || !r.manifests[MediaType.dockerManifest]) return undefined;
   if (r.version === 1) return { revision: r.revision, packages: r.packages, system: r.arch, platforms: [], manifests: r.manifests };
-  if (r.version === 2) return { revision: r.revision, packages: r.packages, system: r.system, platforms: r.platforms, manifests: r.manifests };
+  if (r.version === 2) {
+    return { revision: r.revision, packages: r.packages, system: r.system, platforms: r.platforms, manifests: r.manifests, ...(r.referrers ? { referrers: r.referrers } : {}) };
+  }
   return undefined;
 }
 
@@ -133,10 +141,37 @@ export function servedRefs(record: StoredRecord): BlobRef[] {
 /** Every blob the record references: indexes, manifests, configs and layers, without repeats. */
 export function imageBlobs(record: StoredRecord): Digest[] {
   const all = new Set<Digest>(servedRefs(record).map((m) => m.digest));
+  const artifacts = (refs: Readonly<Record<string, BlobRef>> | undefined) => {
+    for (const m of Object.values(refs ?? {})) all.add(m.digest);
+  };
+  if (!isIndex(record)) artifacts(record.referrers);
   for (const p of record.platforms) {
-    if ('manifests' in p) for (const m of Object.values(p.manifests as Record<string, BlobRef>)) all.add(m.digest);
+    if ('manifests' in p) artifacts(p.manifests as Record<string, BlobRef>);
+    if ('referrers' in p) artifacts(p.referrers as Record<string, BlobRef> | undefined);
     all.add(p.config.digest);
     for (const l of p.layers) all.add(l.digest);
+    if (p.sbom) {
+      all.add(p.sbom.digest);
+      all.add(EMPTY_CONFIG.digest as Digest);
+    }
   }
   return [...all];
+}
+
+/** records/referrers/<subject hex>: the artifacts attached to one manifest. */
+export interface ReferrersRecord {
+  readonly referrers: readonly ReferrerDescriptor[];
+}
+
+export function encodeReferrers(r: ReferrersRecord): Buffer {
+  return Buffer.from(JSON.stringify({ version: 1, ...r }));
+}
+
+export function decodeReferrers(bytes: Buffer): ReferrersRecord | undefined {
+  try {
+    const r = JSON.parse(bytes.toString()) as { version?: number; referrers?: ReferrerDescriptor[] };
+    return r.version === 1 && Array.isArray(r.referrers) ? { referrers: r.referrers } : undefined;
+  } catch {
+    return undefined;
+  }
 }

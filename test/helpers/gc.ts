@@ -74,6 +74,12 @@ export async function danglingReferences(storage: StorageBackend): Promise<strin
     const d = (JSON.parse(raw.toString()) as { digest: Digest }).digest;
     if ((await storage.statBlob(d)) === undefined) out.push(`layers/${key} -> ${d}`);
   }
+  for await (const { key } of storage.listRecords('referrers')) {
+    const raw = await storage.getRecord('referrers', key);
+    if (!raw) continue;
+    const listed = (JSON.parse(raw.toString()) as { referrers: { digest: Digest }[] }).referrers.map((r) => r.digest);
+    for (const d of [`sha256:${key}` as Digest, ...listed]) if ((await storage.statBlob(d)) === undefined) out.push(`referrers/${key} -> ${d}`);
+  }
   return out;
 }
 

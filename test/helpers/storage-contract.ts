@@ -407,11 +407,12 @@ export function storageContract(name: string, make: (now: () => number) => Promi
       await s.putRecord('usage', key, Buffer.from('{"kind":"usage","v":2}'));
       const fixed = '0000000000000001';
       await s.putRecord('gc', fixed, Buffer.from('{"state":"idle"}'));
-      expect(await all(s.listRecords('usage'))).toEqual([{ key, updatedAt: T0 + 5000 + HOUR }]);
+      const written = T0 + RECORD_KINDS.length * 1000 + HOUR;
+      expect(await all(s.listRecords('usage'))).toEqual([{ key, updatedAt: written }]);
       expect((await all(s.listRecords('gc'))).sort((a, b) => a.key.localeCompare(b.key))).toEqual(
         [
-          { key: fixed, updatedAt: T0 + 5000 + HOUR },
-          { key, updatedAt: T0 + 4000 },
+          { key: fixed, updatedAt: written },
+          { key, updatedAt: T0 + RECORD_KINDS.indexOf('gc') * 1000 },
         ].sort((a, b) => a.key.localeCompare(b.key)),
       );
       // Deleted in one kind only; deleting again, or what never was, is fine.

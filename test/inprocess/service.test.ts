@@ -11,6 +11,7 @@ import { fakeStorePath } from '../helpers/fake-nix.js';
 import { inProcessRegistry, type InProcessRegistry } from '../helpers/in-process.js';
 
 const OCI = MediaType.ociManifest;
+const DOCKER = MediaType.dockerManifest;
 let open: InProcessRegistry[] = [];
 async function registry(...args: Parameters<typeof inProcessRegistry>) {
   const r = await inProcessRegistry(...args);
@@ -98,8 +99,11 @@ describe('image service', () => {
     expect(image.platforms).toHaveLength(1);
     expect(image.platforms[0]!.platform).toEqual({ os: 'linux', architecture: 'amd64' });
     const blobs = imageBlobs(image);
-    // Every blob is stored: manifests (2), config, layers.
-    expect(blobs.length).toBe(3 + image.platforms[0]!.layers.length);
+    // Every blob is stored: manifests (2), config, layers, the SBOM, the empty
+    // config and one artifact manifest per manifest flavour attaching it.
+    expect(blobs.length).toBe(3 + image.platforms[0]!.layers.length + 4);
+    expect(image.platforms[0]!.sbom).toBeDefined();
+    expect(Object.keys(image.referrers ?? {}).sort()).toEqual([DOCKER, OCI].sort());
     for (const d of blobs) expect(r.storage.blobs.has(d)).toBe(true);
     // And nothing else was stored but what the image references.
     expect(new Set(r.storage.blobs.keys())).toEqual(new Set(blobs));
