@@ -39,11 +39,11 @@ import type { Digest } from '../digest.js';
 /**
  * The kinds of records/<kind>/<key>: manifests and layers (the service's
  * build caches), referrers (the artifacts attached to a manifest, by its
- * digest: the referrers API), usage, leases and gc (the garbage
- * collector's bookkeeping).
+ * digest: the referrers API), packages (the package index of a revision),
+ * usage, leases and gc (the garbage collector's bookkeeping).
  */
-export type RecordKind = 'manifests' | 'layers' | 'referrers' | 'usage' | 'leases' | 'gc';
-export const RECORD_KINDS: readonly RecordKind[] = ['manifests', 'layers', 'referrers', 'usage', 'leases', 'gc'];
+export type RecordKind = 'manifests' | 'layers' | 'referrers' | 'packages' | 'usage' | 'leases' | 'gc';
+export const RECORD_KINDS: readonly RecordKind[] = ['manifests', 'layers', 'referrers', 'packages', 'usage', 'leases', 'gc'];
 
 export interface BlobInfo {
   readonly size: number;
