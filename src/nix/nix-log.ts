@@ -7,7 +7,11 @@
  *   (build) whose `start` named the .drv in fields[0];
  * - a store path finished substituting: the `stop` of type 108
  *   (substitute), fields[0] being the path;
- * - build log lines: `result` type 101, fields[0].
+ * - build log lines: `result` type 101, fields[0];
+ * - progress: a derivation started building (`start` of type 105, the .drv
+ *   in fields[0]), and the counts of the builds activity (type 104) as its
+ *   `result` type 105 (progress) gives them: fields [done, expected,
+ *   running, failed] (checked against Nix 2.8's `nix-store --realise`).
  *
  * A stopped activity may have failed; whoever acts on it checks validity.
  * For error messages the same stream is turned back into the text Nix
@@ -20,9 +24,13 @@
 export type NixLogEvent =
   | { readonly kind: 'built'; readonly drv: string }
   | { readonly kind: 'substituted'; readonly path: string }
-  | { readonly kind: 'log'; readonly line: string };
+  | { readonly kind: 'log'; readonly line: string }
+  | { readonly kind: 'building'; readonly drv: string }
+  | { readonly kind: 'progress'; readonly done: number; readonly expected: number; readonly running: number; readonly failed: number };
 
+const ACT_BUILDS = 104;
 const ACT_BUILD = 105;
+const RES_PROGRESS = 105;
 const ACT_SUBSTITUTE = 108;
 const RES_BUILD_LOG_LINE = 101;
 /** Nix's verbosity levels: 0 error .. 3 info (shown by default), 4+ talkative and below. */
@@ -69,8 +77,10 @@ export class NixLogParser {
       case 'start': {
         if (typeof e.text === 'string' && e.text !== '' && (e.level ?? 0) <= LVL_INFO) this.keep(`${e.text.replace(ANSI, '')}...`);
         const subject = e.fields?.[0];
+        if (typeof e.id === 'number' && e.type === ACT_BUILDS) this.activities.set(e.id, { type: e.type, subject: '' });
         if (typeof e.id === 'number' && (e.type === ACT_BUILD || e.type === ACT_SUBSTITUTE) && typeof subject === 'string') {
           this.activities.set(e.id, { type: e.type, subject });
+          if (e.type === ACT_BUILD) return [{ kind: 'building', drv: subject }];
         }
         return [];
       }
@@ -78,10 +88,15 @@ export class NixLogParser {
         const a = typeof e.id === 'number' ? this.activities.get(e.id) : undefined;
         if (!a) return [];
         this.activities.delete(e.id as number);
+        if (a.type === ACT_BUILDS) return [];
         return [a.type === ACT_BUILD ? { kind: 'built', drv: a.subject } : { kind: 'substituted', path: a.subject }];
       }
       case 'result': {
         const first = e.fields?.[0];
+        if (e.type === RES_PROGRESS && typeof e.id === 'number' && this.activities.get(e.id)?.type === ACT_BUILDS) {
+          const [done, expected, running, failed] = (e.fields ?? []).map((f) => (typeof f === 'number' ? f : 0));
+          return [{ kind: 'progress', done: done ?? 0, expected: expected ?? 0, running: running ?? 0, failed: failed ?? 0 }];
+        }
         if (e.type !== RES_BUILD_LOG_LINE || typeof first !== 'string') return [];
         const text = first.replace(ANSI, '');
         this.keep(text);

@@ -33,6 +33,10 @@ export type BuildEvent =
     }
   /** A line of Nix's build output. */
   | { readonly type: 'log'; readonly at: number; readonly line: string }
+  /** Nix's progress realising: derivations built of those it has to build, and the one it builds now. */
+  | { readonly type: 'realise'; readonly at: number; readonly platform: string; readonly done: number; readonly expected: number; readonly building?: string }
+  /** How many layers the pack phase makes (each then reported by a `layer` event). */
+  | { readonly type: 'pack-plan'; readonly at: number; readonly platform: string; readonly layers: number }
   | { readonly type: 'finished'; readonly at: number; readonly image: BuiltImage }
   | { readonly type: 'failed'; readonly at: number; readonly error: Error };
 
@@ -110,6 +114,10 @@ export class Build {
         const i = this.history.findIndex((e) => e.type === 'log');
         if (i >= 0) this.history.splice(i, 1);
       }
+    } else if (event.type === 'realise') {
+      // Only the latest counts matter to a late subscriber: one per platform is kept.
+      const i = this.history.findIndex((e) => e.type === 'realise' && e.platform === event.platform);
+      if (i >= 0) this.history.splice(i, 1);
     }
     this.deliver(event);
   }

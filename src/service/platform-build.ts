@@ -143,13 +143,15 @@ export class PlatformBuilder {
     const platform = arch.ociArch;
     const phase = (p: 'resolve' | 'realise' | 'closure' | 'group' | 'pack' | 'manifest') => build.emit({ type: 'phase', at: now(), phase: p, platform });
     phase('realise');
-    await this.realise(build, [...new Set(pkgs.map((p) => p.drv))].sort(), signal);
+    await this.realise(build, platform, [...new Set(pkgs.map((p) => p.drv))].sort(), signal);
     phase('closure');
     const graph = await nix.closure([...new Set(pkgs.map((p) => p.out))], { signal });
     phase('group');
     const groups = groupLayers(graph, this.deps.popularity, this.deps.layerBudget - 1);
 
     phase('pack');
+    // The symlink layer comes on top of the store path groups.
+    build.emit({ type: 'pack-plan', at: now(), platform, layers: groups.length + 1 });
     // A found layer is named in the background; a new one was named before it became visible.
     const held = (l: Promise<LayerInfo>) =>
       l.then((info) => {
@@ -226,8 +228,12 @@ export class PlatformBuilder {
    * but not necessarily in its runtime closure: a build-only dependency is
    * compressed for nothing, which costs CPU, never correctness.
    */
-  private async realise(build: Build, drvs: readonly string[], signal: AbortSignal | undefined): Promise<void> {
+  private async realise(build: Build, platform: string, drvs: readonly string[], signal: AbortSignal | undefined): Promise<void> {
     const { nix, now, warm, reader } = this.deps;
+    // Derivations counted as Nix reports them (its builds activity); the one being built named.
+    let counts = { done: 0, expected: 0 };
+    let building: string | undefined;
+    const progress = () => build.emit({ type: 'realise', at: now(), platform, ...counts, ...(building ? { building } : {}) });
     const early = pLimit(1);
     const prepack = (paths: () => Promise<readonly string[]>) => {
       if (!warm) return;
@@ -241,7 +247,13 @@ export class PlatformBuilder {
         ...(signal ? { signal } : {}),
         onEvent: (e) => {
           if (e.kind === 'log') build.emit({ type: 'log', at: now(), line: e.line });
-          else if (e.kind === 'built') prepack(() => nix.outputs(e.drv, signal ? { signal } : {}));
+          else if (e.kind === 'building') {
+            building = storePathName(e.drv).replace(/\.drv$/, '');
+            progress();
+          } else if (e.kind === 'progress') {
+            counts = { done: e.done, expected: e.expected };
+            progress();
+          } else if (e.kind === 'built') prepack(() => nix.outputs(e.drv, signal ? { signal } : {}));
           else prepack(async () => [e.path]);
         },
       });
