@@ -77,6 +77,8 @@ export async function main(env: Env): Promise<void> {
   });
   onBuildOutcome(runtime.service, (outcome, seconds) => metrics.observeBuild(outcome, seconds));
   onBuildTimings(runtime.service, (timings) => metrics.observeBuildTimings(timings));
+  // Aborted when shutdown begins: the pages' event streams end at once instead of holding the server up.
+  const closing = new AbortController();
   const app = createApp({
     service: runtime.service,
     storage: runtime.storage,
@@ -105,6 +107,7 @@ export async function main(env: Env): Promise<void> {
     ops: { metrics, checks: { storage: () => runtime.storage.check(), nix: () => runtime.nix.check() } },
     auth: authenticator(users, config.anonymous, runtime.now),
     platforms: { all: config.platforms, default: config.defaultPlatform },
+    api: { registry: runtime.builds, source: runtime.source, closing: closing.signal },
   });
 
   const packThreads = runtime.packer.threads;
@@ -163,6 +166,7 @@ export async function main(env: Env): Promise<void> {
   const stop = (why: string, code: number) => {
     if (stopping) return;
     stopping = true;
+    closing.abort();
     const graceMs = code === 0 ? config.shutdownGraceSeconds * 1000 : 0;
     logger.info({ reason: why, graceMs }, 'shutting down: no new connections, running builds get a grace period');
     stopTlsWatch?.();

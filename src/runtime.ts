@@ -17,6 +17,7 @@ import type { Logger } from './log.js';
 import { ExecaNixRunner, type NixRunner, type NixRunnerStats } from './nix/runner.js';
 import { ChannelSource, GitSource, PathSource, type PackageSourceResolver } from './nix/sources.js';
 import { GarbageCollector, type NixStoreCollector } from './gc/collector.js';
+import { BuildRegistry } from './service/build-registry.js';
 import { collectIfLow, DEFAULT_GCROOTS_PARENT, DEFAULT_STORE_DIR, freeSpace, GcRoots, minFreeBytes, shieldFromCollection, type MinFree } from './gc/nix-store.js';
 import { ImageService } from './service/image-service.js';
 import { collectStats, recordFailures, type ImageServiceStats } from './service/observers.js';
@@ -51,6 +52,8 @@ export interface Runtime {
   /** Counters collected from the service's events since start. */
   readonly stats: ImageServiceStats;
   readonly recentErrors: RecentErrors;
+  /** Builds running now and those that ended recently, for the API and pages. */
+  readonly builds: BuildRegistry;
   /** Packs layers; its piece cache's figures are in `packer.stats()`. */
   readonly packer: ParallelPacker;
   /** Pull times, the GC generation, and passes when NIXERY_GC_INTERVAL is set (started by `startGc`). */
@@ -118,6 +121,7 @@ export async function createRuntime(config: Config, log: Logger, adapters: Runti
     if (e.digest !== undefined) gc.usage.note(e.digest.slice('sha256:'.length));
   });
   const stats = collectStats(service);
+  const builds = new BuildRegistry(service, { now });
   const recentErrors = new RecentErrors();
   recordFailures(service, recentErrors, now);
   return {
@@ -128,6 +132,7 @@ export async function createRuntime(config: Config, log: Logger, adapters: Runti
     source,
     stats,
     recentErrors,
+    builds,
     packer,
     gc,
     now,

@@ -18,6 +18,7 @@ import { BlobNotFoundError, ManifestNotFoundError, PageNotFoundError, RangeNotSa
 import { AMD64, isValidTag, parseImageName, validateName, type Architecture } from '../image/name.js';
 import type { Logger } from '../log.js';
 import { MediaType, type IndexMediaType, type ManifestMediaType } from '../manifest/build.js';
+import { registerApi, type ApiDeps } from './api.js';
 import type { ImageService, ServedManifest } from '../service/image-service.js';
 import type { RecentError } from '../service/recent-errors.js';
 import type { ByteRange, StorageBackend } from '../storage/backend.js';
@@ -52,6 +53,8 @@ export interface AppDeps {
    * platform when no index is served. Without it: amd64 only.
    */
   readonly platforms?: { readonly all: readonly Architecture[]; readonly default: Architecture };
+  /** The /api/ routes (api.ts) for the pages; absent: no API. */
+  readonly api?: Pick<ApiDeps, 'registry' | 'source' | 'packages' | 'closing'>;
 }
 
 export type AppEnv = { Variables: RequestIdVariables & Partial<AuthVariables> };
@@ -220,6 +223,11 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     }
     const body = JSON.stringify({ name, tags });
     return reply(c, 200, body, { 'Content-Type': 'application/json', ...API_VERSION, ...(link ? { Link: link } : {}) });
+  }
+
+  if (deps.api) {
+    app.use('/api/*', requireIdentity(auth));
+    registerApi(app, { ...deps.api, service: deps.service, storage: deps.storage, platforms, now });
   }
 
   app.get('/debug/stats', (c) => c.json(deps.stats()));

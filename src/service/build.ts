@@ -45,7 +45,11 @@ export type BuildListener = (event: BuildEvent) => void;
 /** Log lines kept for late subscribers; phases and layers are always kept. */
 const MAX_LOG_EVENTS = 500;
 
+let builds = 0;
+
 export class Build {
+  /** Unique in this process (for the API and pages): the key repeats when an image is built again. */
+  readonly id = `b${(++builds).toString(36)}`;
   readonly result: Promise<BuiltImage>;
   private readonly history: BuildEvent[] = [];
   private readonly listeners = new Set<BuildListener>();

@@ -187,6 +187,19 @@ export class ImageService {
 
   /** The built image, from a cache or by starting or joining its build. */
   async image(spec: ImageSpec, opts: RequestOptions = {}): Promise<BuiltImage> {
+    const begun = await this.begin(spec, opts);
+    if ('image' in begun) return begun.image;
+    const built = await begun.build.result;
+    this.emit({ type: 'pulled', key: begun.key });
+    return built;
+  }
+
+  /**
+   * The image if it is built, else its build, started (with every check a
+   * pull makes) or joined, without waiting for it: for the web page's
+   * Build button and for `image`.
+   */
+  async begin(spec: ImageSpec, opts: RequestOptions = {}): Promise<{ image: BuiltImage } | { build: Build; key: string }> {
     const resolved = await this.deps.source.resolve(spec.tag);
     const key = this.imageKey(spec, resolved);
     const missing = this.notFound.get(key);
@@ -200,7 +213,7 @@ export class ImageService {
     this.emit({ type: 'lookup', hit: cached !== undefined });
     if (cached) {
       this.emit({ type: 'pulled', key });
-      return cached;
+      return { image: cached };
     }
     if (!this.builds.has(key)) {
       // Joining a build someone else started is a pull; starting one is not.
@@ -211,9 +224,19 @@ export class ImageService {
       // elsewhere (a replica sharing the bucket) or before a lower limit is still pulled.
       this.refuse('too_many_packages', () => this.limits.checkSize(spec));
     }
-    const built = await this.startOrJoin(spec, key, resolved, opts.label).result;
-    this.emit({ type: 'pulled', key });
-    return built;
+    return { build: this.startOrJoin(spec, key, resolved, opts.label), key };
+  }
+
+  /**
+   * What is known of an image without building it or counting a pull: the
+   * built image (memory or storage) and the build running for it, if any.
+   */
+  async peek(spec: ImageSpec): Promise<{ image?: BuiltImage; build?: Build; key: string }> {
+    const resolved = await this.deps.source.resolve(spec.tag);
+    const key = this.imageKey(spec, resolved);
+    const image = await this.cachedImage(key);
+    const build = this.builds.get(key);
+    return { key, ...(image ? { image } : {}), ...(build ? { build } : {}) };
   }
 
   /** The cache key of an index over `platforms` at a resolved revision. */

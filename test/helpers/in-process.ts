@@ -75,6 +75,8 @@ export async function inProcessRegistry(
     htpasswd?: string;
     /** Storage shared with another registry (two replicas on one bucket); a fresh one by default. */
     storage?: MemoryStorage;
+    /** Ends the API's event streams when aborted (what the server does on shutdown). */
+    closing?: AbortSignal;
   } = {},
 ): Promise<InProcessRegistry> {
   const root = await mkdtemp(path.join(tmpdir(), 'nixery-fake-store-'));
@@ -113,6 +115,7 @@ export async function inProcessRegistry(
     now: runtime.now,
     auth: authenticator(users, config.anonymous, runtime.now),
     platforms: { all: config.platforms, default: config.defaultPlatform },
+    api: { registry: runtime.builds, source, ...(opts.closing ? { closing: opts.closing } : {}) },
   });
   return {
     app,
