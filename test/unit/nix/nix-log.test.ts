@@ -18,13 +18,19 @@ const BROKEN = [
 ];
 
 describe('NixLogParser', () => {
-  it('reports a finished build, build log lines and a substituted path, and nothing for other activities', () => {
+  it('reports progress, the derivation being built, build log lines, a finished build and a substituted path, and nothing for other activities', () => {
     const p = new NixLogParser();
     const events = BROKEN.flatMap((l) => p.push(l));
     expect(events).toEqual([
+      { kind: 'progress', done: 0, expected: 1, running: 0, failed: 0 },
+      { kind: 'building', drv: DRV },
       { kind: 'log', line: 'broken-build: this package fails on purpose' },
       { kind: 'built', drv: DRV },
     ]);
+    // Progress results of other activities (type 103, copying) are not builds' progress.
+    const other = new NixLogParser();
+    other.push('@nix {"action":"start","id":3,"level":0,"text":"","type":103}');
+    expect(other.push('@nix {"action":"result","fields":[0,2,0,0],"id":3,"type":105}')).toEqual([]);
     const sub = new NixLogParser();
     expect(sub.push('@nix {"action":"start","id":7,"level":4,"text":"copying x","type":108,"fields":["/nix/store/abc-x","https://cache"]}')).toEqual([]);
     expect(sub.push('@nix {"action":"stop","id":7}')).toEqual([{ kind: 'substituted', path: '/nix/store/abc-x' }]);
