@@ -93,7 +93,8 @@ describe('start page', () => {
         await page.goto(`${s.url}/`);
         if ((await running.count()) === 0) await new Promise((r) => setTimeout(r, 100));
       }
-      expect(await running.first().innerText()).toMatch(/^slow-chatty-build:latest \(cacert, iana-etc, slow-chatty-build\), for \d+ s$/);
+      expect(await running.first().locator('.what').innerText()).toMatch(/^slow-chatty-build:latest \(cacert, iana-etc, slow-chatty-build\), for \d+ s$/);
+      expect(await running.first().locator('progress').count()).toBe(1);
       expect((await pull).status).toBe(200);
       await page.goto(`${s.url}/`);
       expect(await running.count()).toBe(0);
