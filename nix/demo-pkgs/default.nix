@@ -67,7 +67,10 @@
 # caseFixture.Greet and caseFixture.GREET differ only in case, so
 # "casefixture.greet" is ambiguous while "caseFixture.GREET" is exact;
 # caseFixture._7zip is "casefixture.7zip"; caseFixture.Inner.HelloWorld is
-# "casefixture.inner.helloworld"), notAPackage (not a derivation), motd
+# "casefixture.inner.helloworld"; these nested sets are marked
+# recurseForDerivations, like nixpkgs' package sets), notAPackage (not a
+# derivation), removedPackage (throws when evaluated, like nixpkgs' removed
+# aliases), motd
 # (single-file store path), large-blob, broken-build, slow-build,
 # slow-chatty-build (these three also evaluate for aarch64-linux, as
 # host-only shell builders), x86only (a C program using the x86 cpuid
@@ -692,13 +695,25 @@ in
   inherit _7zip x86only large-blob broken-build slow-build slow-chatty-build;
   bashInteractive = bash;     # camelCase alias with the same store path, like nixpkgs
   motd = writeText "motd" "Welcome to a nixery-ts demo image.\n";
-  tools = { inherit greet hello; };                           # nested, like xorg.xev
-  extraPackages = { inherit greet jq; prettyJson = jq; };     # like haskellPackages.foo
+  # Nested sets are marked `recurseForDerivations = true` (nixpkgs'
+  # recurseIntoAttrs): the package index (prepare-image/list-packages.nix)
+  # lists the derivations of such sets only. The marker is an attribute of a
+  # plain set, never of a derivation: no store path changes.
+  tools = { inherit greet hello; recurseForDerivations = true; };   # nested, like xorg.xev
+  extraPackages = {                                           # like python3Packages.foo
+    inherit greet jq;
+    prettyJson = jq;
+    recurseForDerivations = true;
+  };
   caseFixture = {                                             # see the fixture list above
     Greet = greet;
     GREET = hello;                                            # differs from Greet only in case
     inherit _7zip;
-    Inner = { HelloWorld = hello; };
+    Inner = { HelloWorld = hello; recurseForDerivations = true; };
+    recurseForDerivations = true;
   };
   notAPackage = { description = "a plain attribute set, not a derivation"; };
+  # Like nixpkgs' removed aliases: evaluating it throws (resolve-names says
+  # not_found, the package index leaves it out).
+  removedPackage = throw "demo-pkgs: removedPackage has been removed (like a nixpkgs alias of a removed package)";
 }
