@@ -1,6 +1,7 @@
 # nixery-prepare-image: the Nix expressions the server evaluates at run time
-# (../prepare-image: load-pkgs.nix, resolve-names.nix), installed into the
-# store, plus a small wrapper that runs them the way the server does:
+# (../prepare-image: load-pkgs.nix, resolve-names.nix, list-packages.nix),
+# installed into the store, plus a small wrapper that runs them the way the
+# server does:
 #
 #   $out/share/nixery/prepare-image/*.nix   the server's NIXERY_PREPARE_IMAGE_DIR
 #   $out/bin/nixery-prepare-image           resolve names by hand, e.g.

@@ -1,8 +1,9 @@
 /**
  * The Nix boundary. The server never parses Nix's human output: names are
  * resolved by `prepare-image/resolve-names.nix`, which answers in JSON with
- * missing names as data; builds are realised with Nix's own timeouts; the
- * closure graph comes from `nix path-info --json`.
+ * missing names as data; the package index comes from
+ * `prepare-image/list-packages.nix`, also JSON; builds are realised with
+ * Nix's own timeouts; the closure graph comes from `nix path-info --json`.
  *
  * Every Nix process runs in its own process group. On timeout or abort the
  * group gets SIGTERM (nix-store then stops its builders, which run as nixbld
@@ -44,6 +45,38 @@ export interface PackageMeta {
   readonly description?: string;
 }
 
+/**
+ * One package a user can name in an image (prepare-image/list-packages.nix):
+ * its real attribute path (`tools.greet`, `caseFixture._7zip`), and what the
+ * package set says of it, when it says it as a non-empty string.
+ */
+export interface PackageEntry {
+  readonly attr: string;
+  readonly version?: string;
+  readonly description?: string;
+}
+
+/**
+ * The entries of a list-packages.nix answer. Anything that is not an object
+ * with a non-empty string `attr` is dropped, and so are fields that are not
+ * non-empty strings.
+ */
+export function parsePackageList(json: unknown): PackageEntry[] {
+  if (!Array.isArray(json)) throw new Error('list-packages: expected a JSON array');
+  const entries: PackageEntry[] = [];
+  for (const raw of json as unknown[]) {
+    if (typeof raw !== 'object' || raw === null) continue;
+    const { attr, version, description } = raw as Record<string, unknown>;
+    if (typeof attr !== 'string' || attr === '') continue;
+    entries.push({
+      attr,
+      ...(typeof version === 'string' && version !== '' ? { version } : {}),
+      ...(typeof description === 'string' && description !== '' ? { description } : {}),
+    });
+  }
+  return entries;
+}
+
 export interface NixCallOptions {
   readonly signal?: AbortSignal;
 }
@@ -59,6 +92,12 @@ export interface RealiseOptions extends NixCallOptions {
 export interface NixRunner {
   /** Names -> derivations, without building. Throws PackagesNotFoundError naming every missing one. */
   resolve(source: NixSource, packages: readonly string[], system: string, opts?: NixCallOptions): Promise<ResolvedPackage[]>;
+  /**
+   * Every package of the set an image can name (see list-packages.nix),
+   * without instantiating anything. Throws NixBuildError when the set cannot
+   * be evaluated.
+   */
+  listPackages(source: NixSource, system: string, opts?: NixCallOptions): Promise<PackageEntry[]>;
   /** Builds (or substitutes) the derivations. Throws NixBuildError. */
   realise(drvs: readonly string[], opts?: RealiseOptions): Promise<void>;
   /** The output paths of a derivation (valid or not). */
@@ -78,7 +117,7 @@ export interface NixRunnerStats {
 }
 
 export interface ExecaNixRunnerOptions {
-  /** Directory with load-pkgs.nix and resolve-names.nix. */
+  /** Directory with load-pkgs.nix, resolve-names.nix and list-packages.nix. */
   readonly prepareImageDir: string;
   /** NIX_TIMEOUT: seconds a build may run, and stay silent. */
   readonly timeoutSeconds: number;
@@ -257,6 +296,25 @@ export class ExecaNixRunner implements NixRunner {
     });
   }
 
+  async listPackages(source: NixSource, system: string, opts: NixCallOptions = {}): Promise<PackageEntry[]> {
+    this.stats.evaluations++;
+    const stdout = await this.run(
+      'nix-instantiate',
+      [
+        // Read-only (no --read-write-mode): nothing is instantiated, no .drv written.
+        '--eval', '--strict', '--json',
+        path.join(this.opts.prepareImageDir, 'list-packages.nix'),
+        ...this.sourceArgs(source),
+        '--argstr', 'system', system,
+      ],
+      // A whole package set (nixpkgs: ~100,000 names) takes far longer than
+      // resolving a few names; this runs in the background, once per revision.
+      Math.max(this.opts.timeoutSeconds, LIST_TIMEOUT_SECONDS) + 1,
+      opts.signal,
+    );
+    return parsePackageList(JSON.parse(stdout));
+  }
+
   async realise(drvs: readonly string[], opts: RealiseOptions = {}): Promise<void> {
     if (drvs.length === 0) return;
     const t = String(this.opts.timeoutSeconds);
@@ -313,4 +371,6 @@ export class ExecaNixRunner implements NixRunner {
 
 /** Seconds a readiness check of Nix may take. */
 const CHECK_TIMEOUT_SECONDS = 10;
+/** Seconds listing a package set may take at least (NIX_TIMEOUT when that is longer). */
+const LIST_TIMEOUT_SECONDS = 600;
 

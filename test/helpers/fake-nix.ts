@@ -10,7 +10,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { BuildAbortedError, NixBuildError, PackagesNotFoundError } from '../../src/errors.js';
 import { makeClosureGraph, type ClosureGraph } from '../../src/layers/graph.js';
-import type { NixCallOptions, NixRunner, RealiseOptions, NixRunnerStats, NixSource, ResolvedPackage } from '../../src/nix/runner.js';
+import type { NixCallOptions, NixRunner, PackageEntry, RealiseOptions, NixRunnerStats, NixSource, ResolvedPackage } from '../../src/nix/runner.js';
 
 export interface FakePackage {
   /** Programs put in bin/, each a small shell script. */
@@ -44,6 +44,8 @@ export class FakeNixRunner implements NixRunner {
   readonly gates = new Map<string, Promise<void>>();
   /** Names that exist for one Nix system only (as nixpkgs' meta.platforms): missing for every other. */
   readonly onlyOn = new Map<string, string>();
+  /** Set: listPackages() fails with it (a package set that cannot be listed). */
+  listError: Error | undefined;
 
   constructor(
     readonly root: string,
@@ -85,6 +87,16 @@ export class FakeNixRunner implements NixRunner {
       const out = fakeStorePath(attr);
       return { name, attr, drv: `${out}.drv`, out };
     });
+  }
+
+  /** The table's names (those of `system`), each version 1.0 like its store path. */
+  async listPackages(_source: NixSource, system: string, opts: NixCallOptions = {}): Promise<PackageEntry[]> {
+    this.stats.evaluations++;
+    if (opts.signal?.aborted) throw new BuildAbortedError('aborted');
+    if (this.listError) throw this.listError;
+    return Object.keys(this.table)
+      .filter((attr) => (this.onlyOn.get(attr) ?? system) === system)
+      .map((attr) => ({ attr, version: '1.0' }));
   }
 
   async realise(drvs: readonly string[], opts: RealiseOptions = {}): Promise<void> {
