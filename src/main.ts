@@ -107,7 +107,7 @@ export async function main(env: Env): Promise<void> {
     ops: { metrics, checks: { storage: () => runtime.storage.check(), nix: () => runtime.nix.check() } },
     auth: authenticator(users, config.anonymous, runtime.now),
     platforms: { all: config.platforms, default: config.defaultPlatform },
-    api: { registry: runtime.builds, source: runtime.source, closing: closing.signal },
+    api: { registry: runtime.builds, source: runtime.source, packages: runtime.packages, closing: closing.signal },
   });
 
   const packThreads = runtime.packer.threads;

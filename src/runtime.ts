@@ -18,6 +18,7 @@ import { ExecaNixRunner, type NixRunner, type NixRunnerStats } from './nix/runne
 import { ChannelSource, GitSource, PathSource, type PackageSourceResolver } from './nix/sources.js';
 import { GarbageCollector, type NixStoreCollector } from './gc/collector.js';
 import { BuildRegistry } from './service/build-registry.js';
+import { PackageIndexes } from './packages/indexes.js';
 import { collectIfLow, DEFAULT_GCROOTS_PARENT, DEFAULT_STORE_DIR, freeSpace, GcRoots, minFreeBytes, shieldFromCollection, type MinFree } from './gc/nix-store.js';
 import { ImageService } from './service/image-service.js';
 import { collectStats, recordFailures, type ImageServiceStats } from './service/observers.js';
@@ -54,6 +55,8 @@ export interface Runtime {
   readonly recentErrors: RecentErrors;
   /** Builds running now and those that ended recently, for the API and pages. */
   readonly builds: BuildRegistry;
+  /** The package index per revision (for the search box), computed in the background. */
+  readonly packages: PackageIndexes;
   /** Packs layers; its piece cache's figures are in `packer.stats()`. */
   readonly packer: ParallelPacker;
   /** Pull times, the GC generation, and passes when NIXERY_GC_INTERVAL is set (started by `startGc`). */
@@ -122,6 +125,7 @@ export async function createRuntime(config: Config, log: Logger, adapters: Runti
   });
   const stats = collectStats(service);
   const builds = new BuildRegistry(service, { now });
+  const packages = new PackageIndexes({ nix, storage, log, now });
   const recentErrors = new RecentErrors();
   recordFailures(service, recentErrors, now);
   return {
@@ -133,6 +137,7 @@ export async function createRuntime(config: Config, log: Logger, adapters: Runti
     stats,
     recentErrors,
     builds,
+    packages,
     packer,
     gc,
     now,
@@ -141,6 +146,7 @@ export async function createRuntime(config: Config, log: Logger, adapters: Runti
     },
     async close() {
       shutdown.abort(new Error('shutting down'));
+      packages.close();
       await gc.stop();
       await roots?.close();
       await nix.close();

@@ -9,6 +9,7 @@
  *                                    current BuildView first (also mid-build), then on every
  *                                    change (at most ~5 a second), ending after the last
  *   GET  /api/packages?q=&limit=     the package index of the current revision, searched
+ *                                    ({ attr, name (as in an image name), version, description })
  *   GET  /api/images/<name>?tag=     what an image is: per platform its manifests, layers
  *                                    (sizes, store paths), labels, SBOM; or that it is not built
  *   POST /api/images/<name>/build    start (or join) its build: 202 {id}; 200 {built} if built
@@ -21,7 +22,9 @@ import { streamSSE } from 'hono/streaming';
 import { PageNotFoundError } from '../errors.js';
 import { parseImageName, platformName, validateName, type Architecture, type ImageSpec } from '../image/name.js';
 import { MediaType } from '../manifest/build.js';
-import type { PackageSourceResolver, ResolvedSource } from '../nix/sources.js';
+import type { PackageSourceResolver } from '../nix/sources.js';
+import { imageNameOf } from '../packages/index.js';
+import type { PackageIndexes } from '../packages/indexes.js';
 import type { StorageBackend } from '../storage/backend.js';
 import type { Build } from '../service/build.js';
 import type { BuildRegistry } from '../service/build-registry.js';
@@ -30,21 +33,13 @@ import { viewBuild, type BuildView } from '../service/progress.js';
 import type { BuiltImage } from '../service/records.js';
 import type { AuthVariables } from './auth.js';
 
-/** The package index of a revision, as packages/indexes.ts keeps them (computed in the background). */
-export interface PackageLookup {
-  get(
-    resolved: ResolvedSource,
-    system: string,
-  ): { state: 'ready'; index: { search(q: string, limit?: number): unknown[] } } | { state: 'building' } | { state: 'failed'; error: string };
-}
-
 export interface ApiDeps {
   readonly service: ImageService;
   readonly registry: BuildRegistry;
   readonly storage: StorageBackend;
   readonly source: PackageSourceResolver;
   /** Absent: /api/packages answers `failed` (no index configured). */
-  readonly packages?: PackageLookup;
+  readonly packages?: Pick<PackageIndexes, 'get'>;
   readonly platforms: { readonly all: readonly Architecture[]; readonly default: Architecture };
   readonly now: () => number;
   /** Aborted when the server begins to shut down: every event stream ends. */
@@ -122,7 +117,8 @@ export function registerApi<E extends { Variables: Partial<AuthVariables> }>(app
     const resolved = await deps.source.resolve('latest');
     const got = deps.packages.get(resolved, deps.platforms.default.nixSystem);
     if (got.state !== 'ready') return c.json({ state: got.state, results: [] });
-    return c.json({ state: 'ready', results: got.index.search(q, limit) });
+    // `name`: how the package is written in an image name (lowercase, `_7zip` as `7zip`).
+    return c.json({ state: 'ready', results: got.index.search(q, limit).map((e) => ({ ...e, name: imageNameOf(e.attr) })) });
   });
 
   app.get('/api/images/:name{.+}', async (c) => c.json(await imageInfo(c.req.param('name'), c.req.query('tag') ?? 'latest')));

@@ -115,7 +115,7 @@ export async function inProcessRegistry(
     now: runtime.now,
     auth: authenticator(users, config.anonymous, runtime.now),
     platforms: { all: config.platforms, default: config.defaultPlatform },
-    api: { registry: runtime.builds, source, ...(opts.closing ? { closing: opts.closing } : {}) },
+    api: { registry: runtime.builds, source, packages: runtime.packages, ...(opts.closing ? { closing: opts.closing } : {}) },
   });
   return {
     app,

@@ -198,3 +198,21 @@ describe('/api/images', () => {
     await rm(dir, { recursive: true, force: true });
   });
 });
+
+describe('/api/packages', () => {
+  it('answers building while the revision\'s index is computed, then ranked results with the image-name spelling', async () => {
+    const r = await registry({ packages: { ...FAKE_PACKAGES, lighttpd: { bin: ['lighttpd'] }, _7zip: { bin: ['7z'] } } });
+    const first = (await (await r.app.request('/api/packages?q=ht')).json()) as { state: string; results: unknown[] };
+    expect(first).toEqual({ state: 'building', results: [] });
+    let got: { state: string; results: { attr: string; name: string }[] } = { state: 'building', results: [] };
+    await until(async () => {
+      got = (await (await r.app.request('/api/packages?q=ht')).json()) as typeof got;
+      return got.state === 'ready';
+    });
+    expect(got.results[0]!.attr).toBe('htop');
+    expect(got.results.map((e) => e.attr)).toContain('lighttpd');
+    const zip = (await (await r.app.request('/api/packages?q=7zip')).json()) as typeof got;
+    expect(zip.results[0]).toMatchObject({ attr: '_7zip', name: '7zip' });
+    expect(r.nix.stats.evaluations).toBeGreaterThan(0);
+  });
+});
