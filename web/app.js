@@ -88,9 +88,17 @@
   }
   function layersText(p) { return p.layers ? p.layers.done + ' of ' + p.layers.total + ' layers written' : ''; }
 
+  /** How far into its build each <li> shows: a poll answered before an event that came first is not shown after it. */
+  var shown = new WeakMap();
+
   /** A running build's <li>: made when `li` is undefined, else brought up to date (only what changed). */
   function progressItem(b, li) {
     var p = b.progress || { phase: 'queued', bytes: 0, log: [], fraction: 0 };
+    var ended = b.state === 'succeeded' || b.state === 'failed';
+    if (li) {
+      var seen = shown.get(li);
+      if (seen && (seen.ended || (!ended && seen.seconds > b.seconds))) return li;
+    }
     if (!li) {
       li = h('li', { class: 'build', 'data-build-id': b.id }, [
         h('p', { class: 'what' }, [imageLink(b.image), h('span', { class: 'packages' }, []), h('span', { class: 'elapsed' }, [])]),
@@ -122,6 +130,7 @@
     var lines = (p.log || []).join('\n');
     setText(log, lines);
     setHidden(log, lines === '');
+    shown.set(li, { seconds: b.seconds, ended: ended });
     return li;
   }
 
@@ -155,6 +164,14 @@
 
   // ---- Start page: builds, live --------------------------------------------
 
+  /**
+   * The first few running builds are followed over their event streams
+   * (every change, a few a second: phases that pass quicker than the poll
+   * show too); the list itself, and any other build, follows the poll. A
+   * browser opens only ~6 connections to a host, so never more than this.
+   */
+  var MAX_STREAMS = 3;
+
   function startPageBuilds() {
     var running = document.querySelector('#building ul[data-list="running"]');
     var recent = document.querySelector('#recent ul[data-list="recent"]');
@@ -163,6 +180,28 @@
     var hint = document.querySelector('#building .reload-hint');
     if (hint) hint.hidden = true;
     var timer;
+    var streams = new Map(); // build id -> EventSource (closed ones stay until the build leaves the list)
+    function follow(builds) {
+      streams.forEach(function (es, id) {
+        if (!builds.some(function (b) { return b.id === id; })) { es.close(); streams.delete(id); }
+      });
+      if (typeof EventSource !== 'function') return;
+      builds.forEach(function (b) {
+        var open = 0;
+        streams.forEach(function (es) { if (es.readyState !== 2) open++; });
+        if (open >= MAX_STREAMS || streams.has(b.id)) return;
+        var es = new EventSource('/api/builds/' + encodeURIComponent(b.id) + '/events');
+        streams.set(b.id, es);
+        es.addEventListener('state', function (ev) {
+          var v = JSON.parse(ev.data);
+          var li = Array.prototype.find.call(running.children, function (x) { return x.getAttribute('data-build-id') === v.id; });
+          if (li) progressItem(v, li);
+          if (v.state === 'succeeded' || v.state === 'failed') es.close();
+        });
+        // Lost: the poll goes on updating it.
+        es.addEventListener('error', function () { es.close(); });
+      });
+    }
     async function poll() {
       timer = undefined;
       var res;
@@ -182,6 +221,7 @@
       if (!res.ok) return later(3000);
       var data = await res.json();
       syncList(running, data.running || [], progressItem);
+      follow(data.running || []);
       if (recent) syncList(recent, data.recent || [], outcomeItem);
       later(1000);
     }
@@ -192,7 +232,8 @@
     document.addEventListener('visibilitychange', function () {
       if (!document.hidden && timer === undefined) poll();
     });
-    later(1000);
+    // At once: the streams of builds already running open now.
+    later(0);
   }
 
   // ---- Start page: compose an image name -------------------------------------
@@ -245,8 +286,9 @@
       setText(copied, '');
     }
 
-    function add(attr) {
-      var component = attrToComponent(attr);
+    /** Adds a package by its attribute; `spelling` is the index's image-name spelling of it, when known. */
+    function add(attr, spelling) {
+      var component = spelling || attrToComponent(attr);
       if (component === '') return;
       if (META.indexOf(component) >= 0) {
         toggles.forEach(function (t) { if (t.value === component) t.checked = true; });
@@ -303,7 +345,7 @@
     function pick(i) {
       var r = options[i];
       if (!r) return;
-      add(r.attr);
+      add(r.attr, r.name);
       input.value = '';
       close();
       render();
@@ -440,8 +482,9 @@
           form.hidden = true;
           var last = main.querySelector('.last-failure');
           if (last) last.remove();
-          var heading = main.querySelector('.build-state h2');
-          setText(heading, 'Building');
+          setText(main.querySelector('.build-state h2'), 'Building');
+          var offer = main.querySelector('.build-state .offer');
+          if (offer) offer.hidden = true;
           watch(started.id);
         } else if (res.ok) {
           refresh();

@@ -1,14 +1,16 @@
 /**
  * The start page in a real browser (Debian's headless Chromium driven by
  * playwright-core): the pull examples carry the host the user reached the
- * server on, and a failed build shows up with Nix's own words. WEB_DIR's
- * other files arrive over a real socket byte for byte, with their own types.
+ * server on, and a failed build shows up with Nix's own words, as text on
+ * every page (start page, image page, package search). WEB_DIR's other
+ * files arrive over a real socket byte for byte, with their own types.
+ * The live parts (search, progress, the image page) are in web-live.test.ts.
  */
 import { randomBytes } from 'node:crypto';
 import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { chromium, type Browser } from 'playwright-core';
+import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEMO_PKGS, freshSalt } from '../helpers/nix.js';
 import { startServer, type RunningServer } from '../helpers/server.js';
@@ -53,28 +55,79 @@ describe('start page', () => {
     await page.screenshot({ path: path.join(profile, 'start-page.png'), fullPage: true });
   });
 
-  it('shows Nix output as text: markup in a build log is never run', async () => {
-    // A package set whose only extra package fails with HTML on stderr.
+  it('shows Nix output and package metadata as text on every page: markup in a build log, a description or a name is never run', async () => {
+    // A package set whose extra packages fail with HTML on stderr, and carry HTML in their version and description.
     const dir = await mkdtemp(path.join(tmpdir(), 'nixery-evil-pkgs-'));
     await writeFile(path.join(dir, 'default.nix'), `args: (import ${DEMO_PKGS} args) // {
   evil = derivation {
     name = "evil-1"; system = builtins.currentSystem; builder = "/bin/sh";
     args = [ "-c" "echo '<script>alert(1)</script><img src=x onerror=alert(2)>' >&2; exit 1" ];
   };
+  evil-meta = derivation {
+    name = "evil-meta-1"; system = builtins.currentSystem; builder = "/bin/sh";
+    args = [ "-c" "/bin/mkdir $out" ];
+  } // { version = "<b>1</b>"; meta.description = "<img src=x onerror=alert(3)>"; };
 }\n`);
     const evil = await startServer({ env: { NIXERY_PKGS_PATH: dir } });
+    const LOGGED = '<script>alert(1)</script><img src=x onerror=alert(2)>';
     try {
-      expect((await fetch(`${evil.url}/v2/evil/manifests/latest`)).status).toBe(500);
-      const page = await browser.newPage();
       let alerted = false;
-      page.on('dialog', (d) => {
-        alerted = true;
-        void d.dismiss();
-      });
+      const open = async () => {
+        const p = await browser.newPage();
+        p.on('dialog', (d) => {
+          alerted = true;
+          void d.dismiss();
+        });
+        return p;
+      };
+      const noMarkup = async (p: Page) => {
+        expect(await p.locator('img').count()).toBe(0);
+        expect(await p.locator('body script').count()).toBe(0);
+        expect(await p.locator('main b, #compose b').count()).toBe(0);
+      };
+      // The start page is open while the image page builds the package and it fails.
+      const start = await open();
+      await start.goto(`${evil.url}/`);
+      const page = await open();
+      await page.goto(`${evil.url}/image/evil`);
+      await page.locator('form.build-form button').click();
+      // The failure as the image page's script shows it, from the build's events.
+      const live = page.locator('main#image .build-state > ul.running li.build[data-state="failed"]');
+      await live.waitFor({ timeout: 30_000 });
+      expect(await live.locator('.log').innerText()).toContain(LOGGED);
+      expect(await live.locator('.phase').innerText()).toBe('failed');
+      await noMarkup(page);
+      // Built again at once, the failure is remembered: the server's refusal shows beside the button.
+      await page.locator('form.build-form button').click();
+      await expect.poll(() => page.locator('form.build-form .form-status').innerText()).toContain('remembered');
+      // The start page's script added it to the recent builds.
+      const failed = start.locator('#recent li[data-state="failed"]');
+      await failed.first().waitFor({ timeout: 10_000 });
+      expect(await failed.first().locator('.log').innerText()).toContain(LOGGED);
+      await noMarkup(start);
+      // A pull fails the same way; rendered by the server: the failures with Nix's stderr, the recent builds.
+      expect((await fetch(`${evil.url}/v2/evil/manifests/latest`)).status).toBe(500);
+      await start.goto(`${evil.url}/`);
+      expect(await start.locator('ul.errors li pre').first().innerText()).toContain(LOGGED);
+      expect(await failed.first().locator('.log').innerText()).toContain(LOGGED);
+      await noMarkup(start);
+      // The image page as the server renders it: the last failure.
+      await page.goto(`${evil.url}/image/evil`);
+      expect(await page.locator('.last-failure .log').innerText()).toContain(LOGGED);
+      await noMarkup(page);
+      // The package search: version and description from Nix as text.
       await page.goto(`${evil.url}/`);
-      expect(await page.locator('ul.errors li pre').first().innerText()).toContain('<script>alert(1)</script><img src=x onerror=alert(2)>');
-      expect(await page.locator('img').count()).toBe(0);
-      expect(await page.locator('body script').count()).toBe(0);
+      await page.locator('#q').pressSequentially('evil-m', { delay: 50 });
+      const option = page.locator('#suggestions li[role="option"][data-attr="evil-meta"]');
+      await option.waitFor({ timeout: 60_000 });
+      expect(await option.locator('.version').innerText()).toBe('<b>1</b>');
+      expect(await option.locator('.description').innerText()).toBe('<img src=x onerror=alert(3)>');
+      await noMarkup(page);
+      // A name that is not a name: the API's refusal, quoting it, as text.
+      const res = await page.goto(`${evil.url}/image/%3Cimg%20src=x%20onerror=alert(4)%3E`);
+      expect(res?.status()).toBe(400);
+      expect(await page.locator('main').innerText()).toContain('<img src=x onerror=alert(4)>');
+      await noMarkup(page);
       expect(alerted).toBe(false);
     } finally {
       await evil.stop();

@@ -49,7 +49,7 @@ function platformSection(name: string, p: PlatformView): Html {
   const labels = Object.entries(p.labels).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   return html`<section class="platform" data-platform="${p.platform}">
 <h2>${p.platform}</h2>
-<dl class="facts">
+<dl class="image-facts">
 <dt>Size</dt><dd><data class="total" value="${String(p.totalBytes)}">${formatBytes(p.totalBytes)}</data> in ${p.layers.length} ${p.layers.length === 1 ? 'layer' : 'layers'}</dd>
 <dt>OCI manifest</dt><dd>${digestLink(registryPath(name, 'manifests', p.manifest.digest), p.manifest.digest, 'manifest oci')} <span class="bytes">${p.manifest.size} bytes</span></dd>
 <dt>Docker manifest</dt><dd>${digestLink(registryPath(name, 'manifests', p.dockerManifest.digest), p.dockerManifest.digest, 'manifest docker')} <span class="bytes">${p.dockerManifest.size} bytes</span></dd>
@@ -89,7 +89,7 @@ ${input.build ? '' : html`<p class="none">A build of this image is running.</p>`
   }
   return html`<section class="build-state" aria-live="polite">
 <h2>Not built yet</h2>
-<p>The first pull builds it, or build it now:</p>
+<p class="offer">The first pull builds it, or build it now:</p>
 ${
   input.lastFailure
     ? html`<div class="last-failure"><p>The last build of this image failed:</p><ul class="recent builds">${buildOutcome(input.lastFailure)}</ul></div>`
