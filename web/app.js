@@ -253,6 +253,7 @@
     var toggles = Array.prototype.slice.call(section.querySelectorAll('.toggles input[name="meta"]'));
     var help = section.querySelector('#q-help');
     var META = ['arm64', 'nonroot', 'shell'];
+    var mustLogIn = document.querySelector('#building .login') !== null;
     var picked = []; // { attr, component }
     var options = []; // suggestions shown: { attr, version, description }
     var active = -1;
@@ -306,10 +307,10 @@
       input.removeAttribute('aria-activedescendant');
     }
 
-    function showStatus(text) {
+    function showStatus(text, extra) {
       options = [];
       active = -1;
-      list.replaceChildren(h('li', { class: 'status', role: 'presentation' }, [text]));
+      list.replaceChildren(h('li', { class: 'status', role: 'presentation' }, [text].concat(extra || [])));
       list.hidden = false;
       input.setAttribute('aria-expanded', 'true');
     }
@@ -362,6 +363,9 @@
       var q = query();
       var mine = ++seq;
       if (q === '') return close();
+      // The server said this viewer must log in to see builds; the packages are behind the same login.
+      // Asking anyway would make the browser pop up its login dialog at every keystroke.
+      if (mustLogIn) return showStatus('Log in to search packages. ', [h('a', { href: '/login' }, ['Log in'])]);
       var res;
       try {
         res = await fetch('/api/packages?q=' + encodeURIComponent(q) + '&limit=20', { headers: { accept: 'application/json' } });
@@ -370,7 +374,7 @@
         return;
       }
       if (mine !== seq) return; // a newer query is on its way
-      if (res.status === 401 || res.status === 403) return showStatus('Log in to search packages.');
+      if (res.status === 401 || res.status === 403) return showStatus('Log in to search packages. ', [h('a', { href: '/login' }, ['Log in'])]);
       if (!res.ok) return showStatus('The package search failed: ' + (await errorText(res)));
       var body = await res.json();
       if (mine !== seq) return;
@@ -488,9 +492,10 @@
           watch(started.id);
         } else if (res.ok) {
           refresh();
-        } else if (res.status === 401) {
-          // The form's own route answers 401 with the API's challenge: the browser asks for credentials.
-          form.submit();
+        } else if (res.status === 401 || res.status === 403) {
+          // A browser asks for a login on the 401 itself; this shows when there was none to give.
+          button.disabled = false;
+          status.replaceChildren('Log in to build this image: ', h('a', { href: '/login?next=' + encodeURIComponent(location.pathname + location.search) }, ['log in']), '.');
         } else {
           button.disabled = false;
           setText(status, await errorText(res));

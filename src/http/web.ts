@@ -11,7 +11,7 @@
  *   /image/<name>?tag=      the image page (src/http/pages/image.ts)
  *   POST /image/<name>/build  starts a build from a plain form, then back to the image page
  *   /image?name=&meta=      the search form without JavaScript: to the image page
- *   /login                  asks the browser for Basic credentials when the API wants them
+ *   /login?next=            asks the browser for Basic credentials when the API wants them
  *   anything else           a file of WEB_DIR (or, missing there, of the
  *                           bundled web/: style.css and app.js), served as it
  *                           is by serveStatic (bytes intact, Content-Type from
@@ -294,11 +294,13 @@ export function registerStartPage<E extends Env>(app: Hono<E>, deps: StartPageDe
     return c.redirect(name === '' ? '/' : imagePath(name, tag || 'latest'), 303);
   }
 
-  /** Asks the browser for credentials when the API wants some; then back to the start page. */
+  /** Asks the browser for credentials when the API wants some; then back to `?next=` (a path here) or the start page. */
   async function login(c: Context): Promise<Response> {
     const probe = await api<unknown>(c, '/api/builds');
     if (!probe.ok && probe.status === 401) return apiError(c, probe, 'Log in');
-    return c.redirect('/', 303);
+    const next = c.req.query('next') ?? '/';
+    // Only a path on this server: `//host` and `/\host` would leave it.
+    return c.redirect(/^\/(?![/\\])/.test(next) ? next : '/', 303);
   }
 
   app.on(['GET', 'HEAD'], ['/', '/index.html'], startPage);

@@ -326,6 +326,26 @@ describe('registerStartPage', () => {
     expect(composeName('extraPackages.prettyJson _7zip shell', [])).toBe('shell/extrapackages.prettyjson/7zip');
   });
 
+  it('/login answers the API\'s challenge to a viewer it refuses, then goes on to a path of this server only', async () => {
+    api = { status: 401, builds: { running: [], recent: [] }, images: {}, started: [] };
+    const app = makeApp(dir);
+    const refused = await app.request('/login?next=/image/htop');
+    expect(refused.status).toBe(401);
+    expect(refused.headers.get('www-authenticate')).toBe('Basic realm="nixery-ts"');
+    api.status = 200;
+    for (const [next, to] of [
+      ['/image/htop?tag=v1', '/image/htop?tag=v1'],
+      ['//evil.example/x', '/'],
+      ['/\\evil.example', '/'],
+      ['https://evil.example/', '/'],
+      ['', '/'],
+    ] as const) {
+      const res = await app.request(`/login?next=${encodeURIComponent(next)}`);
+      expect(res.status).toBe(303);
+      expect(res.headers.get('location'), next).toBe(to);
+    }
+  });
+
   it('serves app.js and style.css from the bundled web/ when WEB_DIR has none', async () => {
     const js = await makeApp(dir).request('/app.js');
     expect(js.status).toBe(200);

@@ -5,11 +5,15 @@
  * it from the Build button, shows its progress phase by phase and then the
  * layers exactly as its manifest lists them (also without JavaScript); the
  * start page follows a slow build's progress and log without a reload.
- * The pages fit a phone's width and have a dark scheme. Each test saves
+ * The pages fit a phone's width and have a dark scheme. Under an
+ * authentication policy they show what the API lets the viewer see, and the
+ * Build button asks the browser for a login when building needs one. Each test saves
  * screenshots into the scratch directory printed at the end (kept).
  */
+import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freshSalt } from '../helpers/nix.js';
@@ -247,6 +251,105 @@ describe('start page, live', () => {
       expect(await page.locator('#building').innerText()).toContain('Nothing is being built right now.');
       console.log(`slow build seen: ${logs.length} log states, ${bars.length} bar values (${bars.join(', ')}), ${items.length} item states`);
       await page.close();
+    } finally {
+      await s.stop();
+    }
+  });
+});
+
+describe('pages under an authentication policy', () => {
+  // Headless Chromium cannot show its login dialog: a navigation answered
+  // 401 with a challenge fails, and a script's request waits for ever. So
+  // an anonymous browser here is one without credentials that never meets a
+  // challenge (NIXERY_ANONYMOUS=none: the page knows before asking), or one
+  // whose credentials are wrong (refused again: the request ends with 401).
+  const PASSWORD = 'web-live-secret';
+  const basic = (user: string, pw: string) => `Basic ${Buffer.from(`${user}:${pw}`).toString('base64')}`;
+  let work: { path: string; remove: () => Promise<void> };
+  let users: string;
+  beforeAll(async () => {
+    work = await scratchDir('nixery-web-auth-');
+    users = path.join(work.path, 'users.htpasswd');
+    await promisify(execFile)('htpasswd', ['-B', '-b', '-c', users, 'alice', PASSWORD], { timeout: 30_000 });
+  });
+  afterAll(async () => {
+    await work?.remove();
+  });
+
+  it('NIXERY_ANONYMOUS=none: anonymous viewers are asked to log in and shown no builds or packages; a logged-in one sees them', async () => {
+    const s = await startServer({ env: { NIXERY_AUTH_HTPASSWD: users, NIXERY_ANONYMOUS: 'none', NIXERY_IMPORT_ARGS: JSON.stringify({ salt: freshSalt() }) } });
+    try {
+      // A build for the logged-in viewer to see.
+      expect((await fetch(`${s.url}/v2/hello/manifests/latest`, { headers: { Authorization: basic('alice', PASSWORD) } })).status).toBe(200);
+      const anon = await browser.newContext();
+      const page = await anon.newPage();
+      const apiCalls: string[] = [];
+      page.on('request', (r) => void (new URL(r.url()).pathname.startsWith('/api/') && apiCalls.push(r.url())));
+      await page.goto(`${s.url}/`);
+      expect(await page.locator('#building').innerText()).toContain('Log in to see builds.');
+      expect(await page.locator('#recent').innerText()).toContain('Log in to see builds.');
+      expect(await page.locator('body').innerText()).not.toContain('hello:latest');
+      await page.locator('#q').pressSequentially('he', { delay: 50 });
+      await expect.poll(() => page.locator('#suggestions li.status').innerText()).toMatch(/^Log in to search packages\.\s+Log in$/);
+      expect(await page.locator('#suggestions li.status a').getAttribute('href')).toBe('/login');
+      expect(apiCalls).toEqual([]);
+      await anon.close();
+      // The image page and /login answer the API's challenge, so a browser asks for the login.
+      for (const p of ['/image/hello', '/login']) {
+        const res = await fetch(`${s.url}${p}`);
+        expect(res.status).toBe(401);
+        expect(res.headers.get('www-authenticate')).toMatch(/^Basic /);
+        const body = await res.text();
+        expect(body).toContain('Log in to continue');
+        expect(body).not.toContain('table class="layers"');
+      }
+
+      const alice = await browser.newContext({ httpCredentials: { username: 'alice', password: PASSWORD } });
+      const logged = await alice.newPage();
+      // /login makes the browser send its credentials, then goes on to `next`.
+      await logged.goto(`${s.url}/login?next=${encodeURIComponent('/image/hello')}`);
+      expect(new URL(logged.url()).pathname).toBe('/image/hello');
+      expect(await logged.locator('table.layers tbody tr').count()).toBeGreaterThan(0);
+      await logged.goto(`${s.url}/`);
+      expect(await logged.locator('body').innerText()).not.toContain('Log in to see builds');
+      expect(await logged.locator('#recent li[data-state="succeeded"] .what').first().innerText()).toMatch(/^hello:latest succeeded/);
+      await logged.locator('#q').pressSequentially('hel', { delay: 50 });
+      await logged.locator('#suggestions li[data-attr="hello"]').waitFor({ timeout: 60_000 });
+      await alice.close();
+    } finally {
+      await s.stop();
+    }
+  });
+
+  it('NIXERY_ANONYMOUS=pull: the image page is open, the Build button needs a login; with one it builds', async () => {
+    const s = await startServer({ env: { NIXERY_AUTH_HTPASSWD: users, NIXERY_ANONYMOUS: 'pull', NIXERY_IMPORT_ARGS: JSON.stringify({ salt: freshSalt() }) } });
+    try {
+      const stranger = await browser.newContext({ httpCredentials: { username: 'mallory', password: 'guess' } });
+      const page = await stranger.newPage();
+      await page.goto(`${s.url}/image/jq`);
+      const [answer] = await Promise.all([
+        page.waitForResponse((r) => r.request().method() === 'POST' && new URL(r.url()).pathname === '/api/images/jq/build'),
+        page.locator('form.build-form button').click(),
+      ]);
+      expect(answer.status()).toBe(401);
+      await expect.poll(() => page.locator('form.build-form .form-status').innerText()).toBe('Log in to build this image: log in.');
+      expect(await page.locator('form.build-form .form-status a').getAttribute('href')).toBe('/login?next=%2Fimage%2Fjq');
+      expect((await s.stats()).builds).toBe(0);
+      // Without JavaScript the form's own route answers the API's 401 and its challenge.
+      const plain = await fetch(`${s.url}/image/jq/build`, { method: 'POST', headers: { 'Sec-Fetch-Site': 'same-origin' } });
+      expect(plain.status).toBe(401);
+      expect(plain.headers.get('www-authenticate')).toMatch(/^Basic /);
+      expect((await s.stats()).builds).toBe(0);
+      await stranger.close();
+
+      const alice = await browser.newContext({ httpCredentials: { username: 'alice', password: PASSWORD } });
+      const logged = await alice.newPage();
+      await logged.goto(`${s.url}/image/jq`);
+      await logged.locator('form.build-form button').click();
+      await logged.locator('table.layers').waitFor({ timeout: 90_000 });
+      expect(await logged.locator('table.layers tbody tr').count()).toBeGreaterThan(0);
+      expect((await s.stats()).builds).toBe(1);
+      await alice.close();
     } finally {
       await s.stop();
     }
