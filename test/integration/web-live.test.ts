@@ -14,7 +14,8 @@ import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
+import { launchChromium } from '../helpers/browser.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freshSalt } from '../helpers/nix.js';
 import { scratchDir, startServer, type RunningServer } from '../helpers/server.js';
@@ -30,15 +31,7 @@ const saved: string[] = [];
 
 beforeAll(async () => {
   shots = (await scratchDir('nixery-web-live-')).path;
-  browser = await chromium.launch({
-    executablePath: '/usr/bin/chromium',
-    // The flags the machine needs: no sandbox as root, and no background
-    // connections to Google's hosts, which the closed network refuses.
-    args: [
-      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync',
-    ],
-  });
+  browser = await launchChromium();
 });
 afterAll(async () => {
   await browser?.close();

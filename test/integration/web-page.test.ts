@@ -10,7 +10,8 @@ import { randomBytes } from 'node:crypto';
 import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
+import { launchChromium } from '../helpers/browser.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DEMO_PKGS, freshSalt } from '../helpers/nix.js';
 import { startServer, type RunningServer } from '../helpers/server.js';
@@ -21,15 +22,7 @@ let profile: string;
 beforeAll(async () => {
   server = await startServer();
   profile = await mkdtemp(path.join(tmpdir(), 'nixery-chromium-'));
-  browser = await chromium.launch({
-    executablePath: '/usr/bin/chromium',
-    // The flags the machine needs: no sandbox as root, and no background
-    // connections to Google's hosts, which the closed network refuses.
-    args: [
-      '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync',
-    ],
-  });
+  browser = await launchChromium();
 });
 afterAll(async () => {
   await browser?.close();

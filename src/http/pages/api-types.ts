@@ -2,39 +2,16 @@
  * What the pages read from the JSON API under /api/ (src/http/api.ts), as it
  * travels on the wire. The pages call the API like any client does (same
  * authentication, same answers), so these are the documented shapes, not
- * the service's own types: the two sides are tied only by the contract.
+ * the service's own types, except a build's view, which the API sends
+ * exactly as service/progress.ts defines it.
  */
 
-export type Phase = 'queued' | 'resolve' | 'realise' | 'closure' | 'group' | 'pack' | 'manifest' | 'done' | 'failed';
-export type BuildState = 'queued' | 'running' | 'succeeded' | 'failed';
+import type { BuildView, ProgressPhase } from '../../service/progress.js';
 
-export interface Progress {
-  readonly phase: Phase;
-  readonly derivations?: { readonly done: number; readonly expected: number; readonly building?: string };
-  readonly layers?: { readonly done: number; readonly total: number };
-  /** Layer bytes written so far. */
-  readonly bytes: number;
-  /** The last few Nix log lines. */
-  readonly log: readonly string[];
-  /** 0..1 overall. */
-  readonly fraction: number;
-}
-
-export interface BuildView {
-  readonly id: string;
-  /** `name:tag`, maybe followed by ` linux/arm64`. */
-  readonly image: string;
-  readonly packages: readonly string[];
-  readonly state: BuildState;
-  /** ISO 8601. */
-  readonly startedAt: string;
-  readonly seconds: number;
-  readonly progress: Progress;
-  readonly error?: string;
-  readonly revision?: string;
-  readonly layers?: number;
-  readonly bytes?: number;
-}
+// A build's view is what the API serialises: one definition (service/progress.ts).
+export type { BuildView, Progress } from '../../service/progress.js';
+export type Phase = ProgressPhase;
+export type BuildState = BuildView['state'];
 
 export interface BuildsView {
   readonly running: readonly BuildView[];
