@@ -1,9 +1,9 @@
 /**
  * The archive `nixery-ts build` writes, loaded by the engines users run:
- * `docker load` (dockerd on containerd, started by the test) and `podman
- * load` (vfs storage, runc), then the image run. Excluded from the faketime
- * run like the other engine tests (the daemons check certificates and
- * leases against the real clock).
+ * `docker load` (dockerd on containerd, started by the test), containerd's
+ * `ctr images import` and `podman load` (vfs storage, runc), then the image
+ * run. Excluded from the faketime run like the other engine tests (the
+ * daemons check certificates and leases against the real clock).
  */
 import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -67,8 +67,17 @@ describe('docker load', () => {
   });
 });
 
+describe('containerd (ctr)', () => {
+  it('imports the oci-archive under its io.containerd.image.name and runs it', async () => {
+    const hello = await build(['hello', '--format', 'oci-archive', '-o', 'hello.oci.tar']);
+    const out = await engines!.ctr(['images', 'import', hello.output]);
+    expect(out).toContain('localhost/hello:latest');
+    expect(await engines!.ctr(['run', '--rm', 'localhost/hello:latest', `cli${process.pid}`, 'hello'])).toMatch(/Hello/);
+  });
+});
+
 describe('podman load', () => {
-  it('loads the docker-archive (gzip layers as stored) and runs htop with runc', async () => {
+  it('loads the docker-archive (gzip layers as stored) and the oci-archive, and runs htop with runc', async () => {
     const dir = await mkdtemp('/tmp/nxp-');
     try {
       const { flags: P, env } = await podmanIn(dir);
@@ -78,6 +87,11 @@ describe('podman load', () => {
       expect(run.stdout).toMatch(/^htop \d/);
       const id = await sh('podman', [...P, 'image', 'inspect', '--format', '{{.Id}}', 'localhost/shell/htop:latest'], { env });
       expect(`sha256:${id.stdout.trim()}`).toBe(htop.configDigest);
+      await sh('podman', [...P, 'rmi', '-a', '-f'], { env });
+      // The OCI archive loads under the same name (podman reads index.json's annotations).
+      const oci = await build(['shell/htop', '--format', 'oci-archive', '-o', 'htop.oci.tar']);
+      expect((await sh('podman', [...P, 'load', '-i', oci.output], { env })).stdout).toContain('Loaded image: localhost/shell/htop:latest');
+      expect((await sh('podman', [...P, 'run', '--rm', 'localhost/shell/htop:latest', 'htop', '--version'], { env })).stdout).toMatch(/^htop \d/);
       await sh('podman', [...P, 'rmi', '-a', '-f'], { env }).catch(() => undefined);
     } finally {
       await rm(dir, { recursive: true, force: true });
