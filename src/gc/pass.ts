@@ -25,7 +25,6 @@
  * unchanged storage and clock its report is what a real pass deletes.
  * Records are deleted before the blobs they point at, everywhere.
  */
-import type { Digest } from '../digest.js';
 import { decodeStoredRecord, imageBlobs, isIndex, servedRefs, type StoredRecord } from '../service/records.js';
 import type { StorageBackend, StoredBlob } from '../storage/backend.js';
 import { bumpGeneration } from './generation.js';

@@ -30,7 +30,6 @@ import type { Digest } from '../digest.js';
 import { ManifestNotFoundError, PackagesNotFoundError, UnauthorizedError } from '../errors.js';
 import { platformName, type Architecture, type ImageSpec } from '../image/name.js';
 import type { Popularity } from '../layers/popularity.js';
-import type { Logger } from '../log.js';
 import {
   EMPTY_CONFIG,
   INDEX_ENTRY_TYPE,
@@ -40,19 +39,17 @@ import {
   assembleManifests,
   buildArtifactManifest,
   buildIndex,
-  buildReferrersIndex,
-  type ReferrerDescriptor,
   type IndexMediaType,
   type ManifestMediaType,
   type ServedMediaType,
 } from '../manifest/build.js';
 import type { PackageSourceResolver, ResolvedSource } from '../nix/sources.js';
-import type { StorageBackend } from '../storage/backend.js';
 import { Admission, DEFAULT_ADMISSION, type AdmissionStats } from './admission.js';
 import { Build, buildTimings } from './build.js';
 import { PlatformBuilder, hashKey, type PlatformBuilderDeps } from './platform-build.js';
 import { SPDX_MEDIA_TYPE } from '../sbom/spdx.js';
-import { decodeIndexRecord, decodeRecord, decodeReferrers, encodeRecord, encodeReferrers, imageBlobs, type BlobRef, type BuiltImage, type BuiltIndex, type IndexedPlatform, type PlatformImage } from './records.js';
+import { Referrers } from './referrers.js';
+import { decodeIndexRecord, decodeRecord, encodeRecord, imageBlobs, type BlobRef, type BuiltImage, type BuiltIndex, type IndexedPlatform, type PlatformImage } from './records.js';
 import { SingleFlight } from './single-flight.js';
 import { BuildLease } from '../gc/leases.js';
 
@@ -128,14 +125,15 @@ export class ImageService {
   private readonly layeringIdentity: string;
   private readonly limits: Admission;
   private readonly indexes = new LRUCache<string, BuiltIndex>({ max: IMAGE_CACHE_SIZE });
-  /** Referrers by subject hex, as read from storage (only existing artifacts). */
-  private readonly referrerCache = new LRUCache<string, ReferrerDescriptor[]>({ max: 2 * IMAGE_CACHE_SIZE });
+  /** Which artifacts (SBOMs) are attached to which manifests. */
+  private readonly attached: Referrers;
   private readonly indexFlights = new SingleFlight<string, BuiltIndex>();
 
   constructor(private readonly deps: ImageServiceDeps) {
     this.limits = new Admission(deps.admission ?? DEFAULT_ADMISSION, deps.now);
     this.builder = new PlatformBuilder({ ...deps, packConcurrency: PACK_CONCURRENCY });
     this.layeringIdentity = layeringIdentity(deps.layerBudget, deps.popularity);
+    this.attached = new Referrers(deps.storage, 2 * IMAGE_CACHE_SIZE);
     this.cache = new LRUCache({ max: IMAGE_CACHE_SIZE });
     // Two flavours (OCI, Docker) per image; a manifest is a few KB.
     this.manifestBytes = new LRUCache({ max: 2 * IMAGE_CACHE_SIZE });
@@ -165,7 +163,7 @@ export class ImageService {
     this.cache.clear();
     this.indexes.clear();
     this.manifestBytes.clear();
-    this.referrerCache.clear();
+    this.attached.forget();
   }
 
   /** Admission's limits and its live counts (read-only). */
@@ -483,45 +481,14 @@ export class ImageService {
     }
     // A pass may have removed a referrers record while a rebuild wrote the
     // same one (gc/pass.ts): put it back, once per load from storage.
-    for (const [type, m] of Object.entries(image.manifests)) {
-      if (image.referrers?.[type as ManifestMediaType] && (await this.deps.storage.getRecord('referrers', m.digest.slice('sha256:'.length))) === undefined) {
-        await this.writeReferrers(image).catch(() => undefined);
-        break;
-      }
-    }
+    await this.attached.ensure(image).catch(() => undefined);
     this.cache.set(key, image);
     return image;
   }
 
-  /** records/referrers/<manifest hex> for each manifest flavour that has an SBOM attached. */
-  private async writeReferrers(image: BuiltImage): Promise<void> {
-    for (const type of MANIFEST_TYPES) {
-      const artifact = image.referrers?.[type];
-      if (artifact === undefined) continue;
-      const subject = image.manifests[type].digest.slice('sha256:'.length);
-      await this.deps.storage.putRecord('referrers', subject, encodeReferrers({ referrers: [{ ...artifact, artifactType: SPDX_MEDIA_TYPE }] }));
-      this.referrerCache.delete(subject);
-    }
-  }
-
-  /**
-   * The referrers API: an OCI index of the artifacts whose subject is
-   * `digest` (those still in storage), optionally only of one artifactType.
-   * An unknown digest has none: an empty index.
-   */
-  async referrers(digest: Digest, artifactType?: string): Promise<Buffer> {
-    const hex = digest.slice('sha256:'.length);
-    let listed = this.referrerCache.get(hex);
-    if (listed === undefined) {
-      const raw = await this.deps.storage.getRecord('referrers', hex);
-      const record = raw === undefined ? undefined : decodeReferrers(raw);
-      listed = [];
-      for (const r of record?.referrers ?? []) {
-        if ((await this.deps.storage.statBlob(r.digest as Digest)) !== undefined) listed.push(r);
-      }
-      if (record !== undefined) this.referrerCache.set(hex, listed);
-    }
-    return buildReferrersIndex(artifactType === undefined ? listed : listed.filter((r) => r.artifactType === artifactType));
+  /** The referrers API: the artifacts attached to a manifest (referrers.ts). */
+  referrers(digest: Digest, artifactType?: string): Promise<Buffer> {
+    return this.attached.index(digest, artifactType);
   }
 
   /**
@@ -567,7 +534,7 @@ export class ImageService {
       if (missing.length > 0) return undefined;
       // Persisted before the answer: clients fetch by digest right after.
       await storage.putRecord('manifests', key, encodeRecord(image));
-      await this.writeReferrers(image);
+      await this.attached.write(image);
       return image;
     } finally {
       await lease.release().catch(() => undefined);
@@ -575,7 +542,7 @@ export class ImageService {
   }
 
   private async run(build: Build, spec: ImageSpec, key: string, resolved: ResolvedSource): Promise<BuiltImage> {
-    const { storage, log, now } = this.deps;
+    const { log, now } = this.deps;
     try {
       let image: BuiltImage | undefined;
       for (let attempt = 1; image === undefined; attempt++) {
