@@ -37,12 +37,13 @@
  */
 import { randomUUID } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { link, mkdir, open, opendir, readFile, rename, rm, stat, unlink, utimes, writeFile, type FileHandle } from 'node:fs/promises';
+import { link, open, opendir, readFile, rename, rm, stat, unlink, utimes, writeFile, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { getAttribute, setAttribute } from '@napi-rs/xattr';
+import { makeDirectory } from './directories.js';
 import { HashingStream, digestHex, sha256Digest, type Digest } from '../digest.js';
 import { StorageError } from '../errors.js';
 import {
@@ -91,7 +92,7 @@ export class FilesystemStorage implements StorageBackend {
   static async open(root: string, now: () => number = Date.now): Promise<FilesystemStorage> {
     const fs = new FilesystemStorage(root, now);
     for (const d of ['blobs/sha256', ...RECORD_KINDS.map((k) => `records/${k}`), 'staging']) {
-      await mkdir(path.join(root, d), { recursive: true });
+      await makeDirectory(path.join(root, d));
     }
     await fs.cleanStaging(STALE_STAGING_MS);
     return fs;

@@ -4,13 +4,14 @@
  * storage directory must support user xattrs. Returns a one-line problem or
  * undefined.
  */
-import { mkdir, open, rm } from 'node:fs/promises';
+import { open, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { getAttribute, setAttribute } from '@napi-rs/xattr';
+import { makeDirectory } from './directories.js';
 
 export async function probeStorageDirectory(dir: string): Promise<string | undefined> {
   try {
-    await mkdir(dir, { recursive: true });
+    await makeDirectory(dir);
   } catch (e) {
     return `cannot create directory ${dir}: ${(e as Error).message}`;
   }

@@ -170,7 +170,17 @@ describe('filesystem storage specifics', () => {
     });
   });
 
-  it('accepts a directory with user xattrs', async () => {
+  it('accepts a directory with user xattrs, creating missing parents', async () => {
     expect(await probeStorageDirectory(await scratch())).toBeUndefined();
+    const deep = path.join(await scratch(), 'a', 'b', 'c');
+    expect(await probeStorageDirectory(deep)).toBeUndefined();
+    expect((await stat(deep)).isDirectory()).toBe(true);
+  });
+
+  it('refuses, in one line, a directory that cannot be made under a parent refusing entries (/proc: Node\'s recursive mkdir spins there)', async () => {
+    const problem = await probeStorageDirectory(`/proc/nixery-ts-${process.pid}/storage`);
+    expect(problem).toMatch(/^cannot create directory \/proc\/nixery-ts-\d+\/storage: ENOENT/);
+    expect(problem).not.toContain('\n');
+    await expect(FilesystemStorage.open(`/proc/nixery-ts-${process.pid}`)).rejects.toThrow(/ENOENT/);
   });
 });
