@@ -259,20 +259,25 @@ export const MISSING_PLATFORMS_HEADER = 'Nixery-Missing-Platforms';
  * type; OCI on a tie.
  */
 function negotiateIndex(c: Context): IndexMediaType | undefined {
-  const entries = (c.req.header('Accept') ?? '')
-    .split(',')
-    .flatMap((part) => {
-      const [type, ...params] = part.split(';').map((s) => s.trim().toLowerCase());
-      if (!type) return [];
-      const q = params.map((p) => /^q=([0-9.]+)$/.exec(p)).find((m) => m !== null);
-      return [{ type, q: q ? Number(q[1]) : 1 }];
-    });
-  const quality = (type: string) => Math.max(0, ...entries.filter((e) => e.type === type).map((e) => e.q));
-  const oci = quality(MediaType.ociIndex);
-  const docker = quality(MediaType.dockerManifestList);
-  const best = Math.max(oci, docker);
-  if (best === 0 || best < Math.max(quality(MediaType.ociManifest), quality(MediaType.dockerManifest))) return undefined;
-  return oci >= docker ? MediaType.ociIndex : MediaType.dockerManifestList;
+  const chosen = accepts(c, {
+    header: 'Accept',
+    supports: [MediaType.ociIndex, MediaType.dockerManifestList],
+    default: '',
+    match: (entries) => {
+      const q = (type: string) => exactQuality(entries, type);
+      const oci = q(MediaType.ociIndex);
+      const docker = q(MediaType.dockerManifestList);
+      const best = Math.max(oci, docker);
+      if (best === 0 || best < Math.max(q(MediaType.ociManifest), q(MediaType.dockerManifest))) return '';
+      return oci >= docker ? MediaType.ociIndex : MediaType.dockerManifestList;
+    },
+  });
+  return chosen === '' ? undefined : (chosen as IndexMediaType);
+}
+
+/** The highest q-value the Accept entries give exactly this type (0 when none does). */
+function exactQuality(entries: readonly { type: string; q: number }[], type: string): number {
+  return Math.max(0, ...entries.filter((e) => e.type.toLowerCase() === type).map((e) => e.q));
 }
 
 /**
@@ -288,8 +293,7 @@ function negotiate(c: Context): ManifestMediaType {
     default: MediaType.dockerManifest,
     match: (entries, { supports, default: fallback }) => {
       const quality = (type: string) => {
-        const exact = entries.filter((e) => e.type.toLowerCase() === type);
-        if (exact.length > 0) return Math.max(...exact.map((e) => e.q));
+        if (entries.some((e) => e.type.toLowerCase() === type)) return exactQuality(entries, type);
         const partial = entries.filter((e) => e.type.toLowerCase() === `${type.split('/')[0]}/*`);
         return partial.length > 0 ? Math.max(...partial.map((e) => e.q)) : 0;
       };

@@ -49,7 +49,7 @@ import { Build, buildTimings } from './build.js';
 import { PlatformBuilder, hashKey, type PlatformBuilderDeps } from './platform-build.js';
 import { SPDX_MEDIA_TYPE } from '../sbom/spdx.js';
 import { Referrers } from './referrers.js';
-import { decodeIndexRecord, decodeRecord, encodeRecord, imageBlobs, type BlobRef, type BuiltImage, type BuiltIndex, type IndexedPlatform, type PlatformImage } from './records.js';
+import { decodeIndexRecord, decodeRecord, encodeRecord, imageBlobs, servedRefs, type StoredRecord, type BlobRef, type BuiltImage, type BuiltIndex, type IndexedPlatform, type PlatformImage } from './records.js';
 import { SingleFlight } from './single-flight.js';
 import { BuildLease } from '../gc/leases.js';
 
@@ -274,13 +274,19 @@ export class ImageService {
   private async cachedIndex(key: string): Promise<BuiltIndex | undefined> {
     const hit = this.indexes.get(key);
     if (hit) return hit;
+    const record = await this.loadRecord(key, decodeIndexRecord);
+    if (record !== undefined) this.indexes.set(key, record);
+    return record;
+  }
+
+  /** A record from storage, trusted only if what it serves (manifests or indexes) is still there. */
+  private async loadRecord<T extends StoredRecord>(key: string, decode: (raw: Buffer) => T | undefined): Promise<T | undefined> {
     const raw = await this.deps.storage.getRecord('manifests', key);
-    const record = raw === undefined ? undefined : decodeIndexRecord(raw);
+    const record = raw === undefined ? undefined : decode(raw);
     if (record === undefined) return undefined;
-    for (const ref of Object.values(record.indexes)) {
+    for (const ref of servedRefs(record)) {
       if ((await this.deps.storage.statBlob(ref.digest)) === undefined) return undefined;
     }
-    this.indexes.set(key, record);
     return record;
   }
 
@@ -472,13 +478,8 @@ export class ImageService {
   private async cachedImage(key: string): Promise<BuiltImage | undefined> {
     const hit = this.cache.get(key);
     if (hit) return hit;
-    const raw = await this.deps.storage.getRecord('manifests', key);
-    const image = raw === undefined ? undefined : decodeRecord(raw);
+    const image = await this.loadRecord(key, decodeRecord);
     if (image === undefined) return undefined;
-    // Trust the record only if what it points at is still there.
-    for (const m of Object.values(image.manifests)) {
-      if ((await this.deps.storage.statBlob(m.digest)) === undefined) return undefined;
-    }
     // A pass may have removed a referrers record while a rebuild wrote the
     // same one (gc/pass.ts): put it back, once per load from storage.
     await this.attached.ensure(image).catch(() => undefined);
