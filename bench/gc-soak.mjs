@@ -45,14 +45,13 @@
 // samples_beyond_limit_plus_grace, pass_storage_bytes_max,
 // final_bytes_after_quiesce, pulls, failures, builds, passes,
 // images_dropped, blobs_deleted, and a few more). Exits 1 if any pull failed.
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtemp, opendir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+import { pathToFileURL } from 'node:url';
+import { listeningPort, ROOT, spawnDemoServer } from './lib.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const OCI = 'application/vnd.oci.image.manifest.v1+json';
 // The soak test's list: enough images that each is pulled only every second or so.
 const IMAGES = [
@@ -147,58 +146,27 @@ const problems = [];
 
 async function startServer() {
   storageDir = await mkdtemp(path.join(tmpdir(), 'nixery-bench-gc-'));
-  const child = spawn(process.execPath, [path.join(ROOT, 'dist/launch.cjs')], {
-    env: {
-      PATH: process.env.PATH ?? '/usr/bin:/bin',
-      HOME: process.env.HOME ?? tmpdir(),
-      NIX_CONFIG: 'substituters =',
-      PORT: '0',
-      NIXERY_HOST: '127.0.0.1',
-      NIXERY_PKGS_PATH: path.join(ROOT, 'nix/demo-pkgs'),
-      STORAGE_PATH: storageDir,
-      NIXERY_OFFLINE: 'true',
-      NIXERY_SHUTDOWN_GRACE_SECONDS: '2',
-      ...GC,
-    },
-    // Its own process group: a SIGKILL after the grace reaches Nix processes it left too.
-    detached: true,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const child = spawnDemoServer({ STORAGE_PATH: storageDir, NIXERY_SHUTDOWN_GRACE_SECONDS: '2', ...GC });
   const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve(code ?? signal)));
   child.once('error', () => undefined);
   server = { child, exited };
-  let stderr = '';
-  child.stderr.on('data', (d) => (stderr = (stderr + d).slice(-8000)));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start within 60 s:\n${stderr}`)), 60_000);
-    let buf = '';
-    child.stdout.on('data', (d) => {
-      buf += d;
-      for (let i; (i = buf.indexOf('\n')) >= 0; ) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        if (line.includes('"msg":"listening"')) {
-          clearTimeout(timer);
-          resolve(`http://127.0.0.1:${JSON.parse(line).port}`);
-        } else if (line.includes('"msg":"garbage collection pass"')) {
-          const p = JSON.parse(line);
-          const at = Date.parse(p.time);
-          passes.push({ ...p, at, startedAt: at - p.ms });
-          if (TRACE) {
-            const { imagesDropped, imagesKept, blobsDeleted, bytesDeleted, storageBytes, ms } = p;
-            console.error(`pass ${p.time} ${JSON.stringify({ imagesDropped, imagesKept, blobsDeleted, bytesDeleted, storageBytes, ms })}`);
-          }
-        } else if (/"level":(40|50|60)/.test(line)) {
-          problems.push(line);
-          if (problems.length > 40) problems.shift();
+  const port = await listeningPort(child, {
+    onLine: (line) => {
+      if (line.includes('"msg":"garbage collection pass"')) {
+        const p = JSON.parse(line);
+        const at = Date.parse(p.time);
+        passes.push({ ...p, at, startedAt: at - p.ms });
+        if (TRACE) {
+          const { imagesDropped, imagesKept, blobsDeleted, bytesDeleted, storageBytes, ms } = p;
+          console.error(`pass ${p.time} ${JSON.stringify({ imagesDropped, imagesKept, blobsDeleted, bytesDeleted, storageBytes, ms })}`);
         }
+      } else if (/"level":(40|50|60)/.test(line)) {
+        problems.push(line);
+        if (problems.length > 40) problems.shift();
       }
-    });
-    void exited.then((code) => {
-      clearTimeout(timer);
-      reject(new Error(`server exited (${code}) before listening:\n${stderr}`));
-    });
+    },
   });
+  return `http://127.0.0.1:${port}`;
 }
 
 // ---------------------------------------------------------------- clients

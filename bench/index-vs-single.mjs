@@ -15,16 +15,15 @@
 // Environment: BENCH_REPS (3), BENCH_IMAGE (shell/htop), BENCH_TIMEOUT_S (600).
 // The last line is machine-readable:
 //   index_vs_single=<median index pull / median single pull>
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { listeningPort, spawnDemoServer } from './lib.mjs';
 
 const run = promisify(execFile);
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const reps = Number(process.env.BENCH_REPS || 3);
 const image = process.env.BENCH_IMAGE || 'shell/htop';
 const timeoutMs = Number(process.env.BENCH_TIMEOUT_S || 600) * 1000;
@@ -54,27 +53,16 @@ console.log(`index_vs_single=${(median(times.index) / median(times.single)).toFi
 async function coldPull(extra) {
   const dir = await mkdtemp(path.join(tmpdir(), 'nixery-bench-index-'));
   await mkdir(path.join(dir, 'storage'));
-  const server = spawn(process.execPath, [path.join(ROOT, 'dist/launch.cjs')], {
-    env: {
-      PATH: process.env.PATH ?? '/usr/bin:/bin',
-      HOME: process.env.HOME ?? tmpdir(),
-      NIXERY_HOST: '127.0.0.1',
-      PORT: '0',
-      NIXERY_PKGS_PATH: path.join(ROOT, 'nix/demo-pkgs'),
-      STORAGE_PATH: path.join(dir, 'storage'),
-      NIXERY_STORAGE_BACKEND: 'filesystem',
-      NIXERY_OFFLINE: 'true',
-      NIX_CONFIG: 'substituters =\nextra-platforms = aarch64-linux',
-      NIXERY_IMPORT_ARGS: JSON.stringify({ salt: `bench-${randomUUID()}` }),
-      NIX_TIMEOUT: String(Math.ceil(timeoutMs / 1000)),
-      ...extra,
-    },
-    detached: true,
-    stdio: ['ignore', 'pipe', 'pipe'],
+  const server = spawnDemoServer({
+    STORAGE_PATH: path.join(dir, 'storage'),
+    NIX_CONFIG: 'substituters =\nextra-platforms = aarch64-linux',
+    NIXERY_IMPORT_ARGS: JSON.stringify({ salt: `bench-${randomUUID()}` }),
+    NIX_TIMEOUT: String(Math.ceil(timeoutMs / 1000)),
+    ...extra,
   });
   const logs = [];
   try {
-    const port = await listening(server, logs);
+    const port = await listeningPort(server, { onLine: (l) => logs.push(l) });
     const t0 = process.hrtime.bigint();
     await run('skopeo', ['copy', '--src-tls-verify=false', `docker://127.0.0.1:${port}/${image}:latest`, `oci:${path.join(dir, 'oci')}:latest`], {
       timeout: timeoutMs,
@@ -107,29 +95,4 @@ async function coldPull(extra) {
     });
     await rm(dir, { recursive: true, force: true });
   }
-}
-
-function listening(child, logs) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start:\n${logs.join('\n')}`)), 60_000);
-    let buf = '';
-    child.stdout.on('data', (d) => {
-      buf += d;
-      let i;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, i);
-        buf = buf.slice(i + 1);
-        logs.push(line);
-        if (line.includes('"msg":"listening"')) {
-          clearTimeout(timer);
-          resolve(JSON.parse(line).port);
-        }
-      }
-    });
-    child.stderr.on('data', (d) => logs.push(String(d)));
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`server exited with ${code}:\n${logs.join('\n')}`));
-    });
-  });
 }
