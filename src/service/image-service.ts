@@ -313,7 +313,7 @@ export class ImageService {
       const missing: { platform: string; reason: string; error: Error }[] = [];
       for (const [i, r] of results.entries()) {
         const arch = platforms[i]!;
-        if (r.status === 'fulfilled') built.push(await this.indexedPlatform(arch, r.value));
+        if (r.status === 'fulfilled') built.push(this.indexedPlatform(r.value));
         else missing.push({ platform: platformName(arch), reason: (r.reason as Error).message, error: r.reason as Error });
       }
       if (built.length === 0) {
@@ -368,18 +368,12 @@ export class ImageService {
   }
 
   /** A platform's image as an index lists it. */
-  private async indexedPlatform(arch: Architecture, image: BuiltImage): Promise<IndexedPlatform> {
+  private indexedPlatform(image: BuiltImage): IndexedPlatform {
+    // Every record under a current key lists its blobs (only version-1
+    // records, under keys no longer asked for, do not).
     const own = image.platforms[0];
-    if (own !== undefined) return { ...own, manifests: image.manifests, referrers: image.referrers };
-    // A record from before blob lists were kept: the layers from its manifest.
-    const raw = await this.deps.storage.readBlob(image.manifests[MediaType.ociManifest].digest);
-    const m = JSON.parse(raw?.toString() ?? '{}') as { config?: BlobRef; layers?: BlobRef[] };
-    return {
-      platform: { os: 'linux', architecture: arch.ociArch },
-      config: { digest: m.config?.digest as Digest, size: m.config?.size ?? 0 },
-      layers: (m.layers ?? []).map((l) => ({ digest: l.digest, size: l.size, diffId: l.digest })),
-      manifests: image.manifests,
-    };
+    if (own === undefined) throw new Error(`image record of ${image.packages.join('/')} lists no platform image`);
+    return { ...own, manifests: image.manifests, referrers: image.referrers };
   }
 
   /**
