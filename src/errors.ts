@@ -93,6 +93,21 @@ export class BuildAbortedError extends NixeryError {
   }
 }
 
+/**
+ * Garbage collection kept deleting blobs a build was about to reference
+ * (only with a grace period far shorter than a build): try again shortly.
+ * Not a failure of the image, so not remembered as one.
+ */
+export class BlobsCollectedError extends NixeryError {
+  readonly code = 'BLOBS_COLLECTED';
+  constructor(
+    readonly image: string,
+    readonly reason: string,
+  ) {
+    super(`${image}: ${reason}`);
+  }
+}
+
 /** A malformed digest such as `sha256:totallywrong`. */
 export class InvalidDigestError extends NixeryError {
   readonly code = 'DIGEST_INVALID';

@@ -31,9 +31,14 @@
  * - New blob written over an older copy of the same digest the pass listed
  *   (persistBlob always writes a new version): the delete names the old
  *   version and fails; or it lands first and the write creates it anew.
- * - Reused blob (a layer record's blob, a config or manifest already
- *   stored): named in the lease in the background as it is found, and
- *   marked after the complete lease, as below.
+ * - Reused layer (a layer record's blob, or one another build of this
+ *   server found or packed): named in the lease (awaited), then marked,
+ *   before the build uses it (`secure`). A config, SBOM or manifest already
+ *   stored is named, then put: putBlob marks a blob that exists. Both are
+ *   the case below, done as the blob is found rather than at the end, so a
+ *   deleted layer is packed again on the spot instead of failing the whole
+ *   attempt (with passes every 300 ms and no grace, three attempts of a
+ *   build in a row lost a reused layer: test/integration/gc-gcs.test.ts).
  * - Lease written after the pass read leases: the build's mark comes later
  *   still, so after the pass listed the blob's version. If the mark lands
  *   before the delete, the version changed and the delete fails; if the
@@ -58,23 +63,6 @@ export const LEASE_MAX_MS = 24 * 3600 * 1000;
 interface LeaseRecord {
   readonly at: number;
   readonly digests: readonly string[];
-}
-
-export function newLeaseId(): string {
-  return randomBytes(16).toString('hex');
-}
-
-/** Writes the lease, then marks every blob used; returns the digests that no longer exist. */
-export async function protectBlobs(storage: StorageBackend, id: string, digests: readonly Digest[], now: number): Promise<Digest[]> {
-  await storage.putRecord('leases', id, Buffer.from(JSON.stringify({ at: now, digests } satisfies LeaseRecord)));
-  // Marked a few at a time: on GCS each mark is a metadata request.
-  const limit = pLimit(MARKS_AT_ONCE);
-  const marked = await Promise.all(digests.map((d) => limit(() => storage.markBlobUsed(d))));
-  return digests.filter((_, i) => !marked[i]);
-}
-
-export async function releaseLease(storage: StorageBackend, id: string): Promise<void> {
-  await storage.deleteRecord('leases', id);
 }
 
 /** Digests held by live leases; leases older than LEASE_MAX_MS are listed as stale. */
@@ -105,8 +93,10 @@ export async function readLeases(storage: StorageBackend, now: number): Promise<
  * protocol above requires.
  */
 export class BuildLease {
-  readonly id = newLeaseId();
+  readonly id = randomBytes(16).toString('hex');
   private readonly digests = new Set<Digest>();
+  /** Marked after a lease naming them was written: safe until the lease goes. */
+  private readonly secured = new Set<Digest>();
   private writing: Promise<void> = Promise.resolve();
   private pending: Promise<void> | undefined;
 
@@ -134,15 +124,28 @@ export class BuildLease {
     return write;
   }
 
-  /** The complete lease, then marks; returns the digests that no longer exist. */
+  /** Names a found blob (the write awaited), then marks it; false when a pass deleted it. */
+  async secure(digest: Digest): Promise<boolean> {
+    await this.add([digest]);
+    if (!(await this.storage.markBlobUsed(digest))) return false;
+    this.secured.add(digest);
+    return true;
+  }
+
+  /** The complete lease, then marks (but of blobs already secured); returns the digests that no longer exist. */
   async protect(digests: readonly Digest[]): Promise<Digest[]> {
     await this.writing;
     for (const d of digests) this.digests.add(d);
-    return protectBlobs(this.storage, this.id, [...this.digests], this.now());
+    const all = [...this.digests];
+    await this.storage.putRecord('leases', this.id, Buffer.from(JSON.stringify({ at: this.now(), digests: all } satisfies LeaseRecord)));
+    const limit = pLimit(MARKS_AT_ONCE);
+    const unmarked = all.filter((d) => !this.secured.has(d));
+    const marked = await Promise.all(unmarked.map((d) => limit(() => this.storage.markBlobUsed(d))));
+    return unmarked.filter((_, i) => !marked[i]);
   }
 
   async release(): Promise<void> {
     await this.writing;
-    await releaseLease(this.storage, this.id);
+    await this.storage.deleteRecord('leases', this.id);
   }
 }

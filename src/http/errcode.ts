@@ -69,6 +69,8 @@ const TABLE: Readonly<Record<string, Row>> = {
     detail: { command: e.command, exitCode: e.exitCode, timedOut: e.timedOut, stderr: e.stderr },
     fault: false,
   }),
+  // Storage under garbage collection faster than a build: a retry builds it.
+  BLOBS_COLLECTED: (e: NixeryError) => ({ status: 503, code: 'UNAVAILABLE', message: e.message, fault: false, headers: { 'Retry-After': '5' } }),
   BUILD_ABORTED: (e: NixeryError) => ({ status: 503, code: 'UNAVAILABLE', message: e.message, fault: false, headers: { 'Retry-After': '10' } }),
   SOURCE_UNAVAILABLE: (e: SourceUnavailableError) => ({
     status: 503,

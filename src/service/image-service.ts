@@ -27,7 +27,7 @@
 import { LRUCache } from 'lru-cache';
 import type { AdmissionConfig } from '../config.js';
 import type { Digest } from '../digest.js';
-import { ManifestNotFoundError, PackagesNotFoundError, UnauthorizedError } from '../errors.js';
+import { BlobsCollectedError, ManifestNotFoundError, PackagesNotFoundError, UnauthorizedError } from '../errors.js';
 import { platformName, type Architecture, type ImageSpec } from '../image/name.js';
 import type { Popularity } from '../layers/popularity.js';
 import {
@@ -361,7 +361,7 @@ export class ImageService {
         await lease.release().catch(() => undefined);
       }
       // A pass collected a platform's blobs meanwhile: its image is rebuilt.
-      if (attempt === MAX_COLLECTED_RETRIES) throw new Error(`${spec.name}:${spec.tag}: blobs were garbage-collected while the index was written ${attempt} times`);
+      if (attempt === MAX_COLLECTED_RETRIES) throw new BlobsCollectedError(`${spec.name}:${spec.tag}`, `blobs were garbage-collected while the index was written ${attempt} times`);
       this.cache.clear();
       previous = undefined;
     }
@@ -412,7 +412,8 @@ export class ImageService {
       if (e instanceof PackagesNotFoundError) this.notFound.set(key, e);
       // A failed build, for a while: no Nix process per pull of a broken image.
       // Not when the server is stopping: a killed Nix process says nothing about the image.
-      else if (!shutdown?.aborted) this.limits.failures.remember(key, e);
+      // Nor when garbage collection outran it: the next pull builds.
+      else if (!shutdown?.aborted && !(e instanceof BlobsCollectedError)) this.limits.failures.remember(key, e);
     });
     this.emit({ type: 'build', build });
     return build;
@@ -495,7 +496,7 @@ export class ImageService {
     const { storage, now } = this.deps;
     const lease = new BuildLease(storage, now);
     try {
-      const platform = await this.builder.build(build, spec, resolved, this.deps.shutdown, (d) => lease.add(d));
+      const platform = await this.builder.build(build, spec, resolved, this.deps.shutdown, { name: (d) => lease.add(d), secure: (d) => lease.secure(d) });
       const manifests = {} as Record<ManifestMediaType, BlobRef>;
       const assembled = assembleManifests(platform.config, platform.layers, platform.annotations);
       for (const type of MANIFEST_TYPES) {
@@ -546,7 +547,7 @@ export class ImageService {
           // A garbage-collection pass deleted a blob this build was about to
           // reference (and the layer record naming it): build again, which
           // packs it anew. Only with a grace period shorter than a build.
-          if (attempt === MAX_COLLECTED_RETRIES) throw new Error(`${build.image}: blobs were garbage-collected during the build ${attempt} times`);
+          if (attempt === MAX_COLLECTED_RETRIES) throw new BlobsCollectedError(build.image, `blobs were garbage-collected during the build ${attempt} times`);
           log.warn({ image: build.image, attempt }, 'blobs collected during the build; building again');
         }
       }

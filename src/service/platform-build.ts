@@ -29,6 +29,7 @@ import { publicSourceUrl, type ResolvedSource } from '../nix/sources.js';
 import { buildSpdx, SPDX_MEDIA_TYPE } from '../sbom/spdx.js';
 import type { StorageBackend } from '../storage/backend.js';
 import type { Build } from './build.js';
+import { BlobsCollectedError } from '../errors.js';
 import type { PlatformImage, StoredLayer } from './records.js';
 import { SingleFlight } from './single-flight.js';
 
@@ -61,6 +62,32 @@ export interface StoreRoots {
   holdSource(source: NixSource): Promise<void>;
 }
 
+/**
+ * A build's claim on the blobs it references (gc/leases.ts BuildLease):
+ * what keeps a garbage-collection pass from deleting them before the
+ * image's record names them.
+ */
+export interface BlobClaim {
+  /** Names blobs in the build's lease; resolves once the lease naming them is written. */
+  name(digests: readonly Digest[]): Promise<void>;
+  /**
+   * Names a blob found in storage and then marks it used: true when it is
+   * safe from every pass from here on, false when a pass deleted it.
+   */
+  secure(digest: Digest): Promise<boolean>;
+}
+
+/** Without a collector nothing is deleted behind a build's back: existence is enough. */
+export function unclaimed(storage: StorageBackend): BlobClaim {
+  return {
+    name: async () => undefined,
+    secure: async (d) => (await storage.statBlob(d)) !== undefined,
+  };
+}
+
+/** Times a found layer is looked for again after a pass deleted it before it was secured. */
+const LAYER_ATTEMPTS = 3;
+
 export interface PlatformBuilderDeps {
   readonly nix: NixRunner;
   /** When the server collects its Nix store: a build's paths are rooted from resolve until packed. */
@@ -91,7 +118,8 @@ export function hashKey(...parts: string[]): string {
 }
 
 export class PlatformBuilder {
-  private readonly layerFlights = new SingleFlight<string, StoredLayer>();
+  /** One lookup or pack per layer key at a time; `claim` is the build that did it, which has secured the blob. */
+  private readonly layerFlights = new SingleFlight<string, { layer: StoredLayer; reused: boolean; cachedBytes: number; claim: BlobClaim }>();
   private readonly packLimit: ReturnType<typeof pLimit>;
 
   constructor(private readonly deps: PlatformBuilderDeps) {
@@ -104,10 +132,10 @@ export class PlatformBuilder {
     resolved: ResolvedSource,
     signal: AbortSignal | undefined,
     /**
-     * The build's GC lease (gc/leases.ts): told each blob it writes before
-     * the blob becomes visible (awaited) and each one it finds.
+     * The build's GC lease (gc/leases.ts): names each blob it writes before
+     * the blob becomes visible, and secures each one it finds before using it.
      */
-    hold: (digests: Digest[]) => Promise<void> = async () => undefined,
+    claim: BlobClaim = unclaimed(this.deps.storage),
   ): Promise<PlatformImage> {
     const { nix, now } = this.deps;
     const arch = spec.arch;
@@ -124,7 +152,7 @@ export class PlatformBuilder {
       return found;
     });
     try {
-      return await this.afterResolve(build, pkgs, spec, resolved, signal, hold);
+      return await this.afterResolve(build, pkgs, spec, resolved, signal, claim);
     } finally {
       await release?.().catch(() => undefined);
     }
@@ -136,7 +164,7 @@ export class PlatformBuilder {
     spec: ImageSpec,
     resolved: ResolvedSource,
     signal: AbortSignal | undefined,
-    hold: (digests: Digest[]) => Promise<void>,
+    claim: BlobClaim,
   ): Promise<PlatformImage> {
     const { nix, storage, now } = this.deps;
     const { arch, packages } = spec;
@@ -152,26 +180,18 @@ export class PlatformBuilder {
     phase('pack');
     // The symlink layer comes on top of the store path groups.
     build.emit({ type: 'pack-plan', at: now(), platform, layers: groups.length + 1 });
-    // A found layer is named in the background; a new one was named before it became visible.
-    const held = (l: Promise<LayerInfo>) =>
-      l.then((info) => {
-        void hold([info.digest as Digest]).catch(() => undefined);
-        return info;
-      });
     const storeLayers = groups.map((g) =>
-      held(this.layer(build, platform, g.paths.map(storePathName).join(', '), g.paths, () => this.deps.reader.storePathSegments(g.paths), signal, hold)),
+      this.layer(build, platform, g.paths.map(storePathName).join(', '), g.paths, () => this.deps.reader.storePathSegments(g.paths), signal, claim),
     );
     // Package order decides symlink conflicts: the image's sorted package order.
     const forestRoots = pkgs.map((p) => p.out);
     const essentials = { nonroot: spec.nonroot };
     const symlinkKey = ['symlinks', ESSENTIALS_VERSION, spec.nonroot ? 'nonroot' : 'root', ...forestRoots];
-    const symlinkLayer = held(
-      this.layer(build, platform, 'symlink layer', symlinkKey, async () => {
-        const plan = await this.deps.reader.symlinkLayerEntries(forestRoots);
-        if (plan.conflicts.length > 0) this.deps.log.info({ image: build.image, conflicts: plan.conflicts }, 'symlink layer conflicts');
-        return [{ entries: () => withEssentials(plan.entries, essentials) }];
-      }, signal, hold),
-    );
+    const symlinkLayer = this.layer(build, platform, 'symlink layer', symlinkKey, async () => {
+      const plan = await this.deps.reader.symlinkLayerEntries(forestRoots);
+      if (plan.conflicts.length > 0) this.deps.log.info({ image: build.image, conflicts: plan.conflicts }, 'symlink layer conflicts');
+      return [{ entries: () => withEssentials(plan.entries, essentials) }];
+    }, signal, claim);
     const layers: LayerInfo[] = await Promise.all([...storeLayers, symlinkLayer]);
 
     phase('manifest');
@@ -187,7 +207,8 @@ export class PlatformBuilder {
       packages: pkgs,
     });
     const sbom = { digest: sha256Digest(sbomBytes), size: sbomBytes.length };
-    await hold([sbom.digest]);
+    // putBlob marks a blob that is already there, after the lease names it: secured either way.
+    await claim.name([sbom.digest]);
     await storage.putBlob(SPDX_MEDIA_TYPE, sbomBytes);
     const config = buildImageConfig({
       arch,
@@ -197,7 +218,7 @@ export class PlatformBuilder {
       user: spec.nonroot ? { id: `${NONROOT_UID}:${NONROOT_UID}`, home: NONROOT_HOME } : undefined,
       labels,
     });
-    await hold([config.digest as Digest]);
+    await claim.name([config.digest as Digest]);
     await storage.putBlob(MediaType.ociConfig, config.bytes);
     return {
       platform: { os: 'linux', architecture: arch.ociArch },
@@ -262,44 +283,56 @@ export class PlatformBuilder {
     }
   }
 
-  /** A layer by content key: reused when stored, else packed once and stored. */
-  private layer(
+  /**
+   * A layer by content key: reused when stored, else packed once and stored;
+   * either way secured in this build's claim before it is returned. A layer
+   * found through a record is named and marked before it is trusted, so a
+   * pass running meanwhile either keeps it or is seen to have deleted it, in
+   * which case it is packed again here (not the whole build). A build that
+   * joined another build's lookup secures the layer in its own claim too:
+   * the other build's lease may be gone by then.
+   */
+  private async layer(
     build: Build,
     platform: string,
     description: string,
     keyParts: readonly string[],
     segments: () => readonly LayerSegment[] | Promise<readonly LayerSegment[]>,
     signal: AbortSignal | undefined,
-    hold: (digests: Digest[]) => Promise<void>,
+    claim: BlobClaim,
   ): Promise<LayerInfo> {
     const key = hashKey(LAYER_KEY_VERSION, ...keyParts);
     const { storage, now } = this.deps;
-    let reused = true;
-    let cachedBytes = 0;
-    return this.layerFlights
-      .run(key, async () => {
-        const raw = await storage.getRecord('layers', key);
-        if (raw !== undefined) {
-          const known = JSON.parse(raw.toString()) as StoredLayer;
-          if ((await storage.statBlob(known.digest)) !== undefined) return known;
+    for (let attempt = 1; ; attempt++) {
+      // After a failed attempt the record is not trusted: the blob it names was deleted.
+      const trustRecord = attempt === 1;
+      const found = await this.layerFlights.run(key, async () => {
+        if (trustRecord) {
+          const raw = await storage.getRecord('layers', key);
+          if (raw !== undefined) {
+            const known = JSON.parse(raw.toString()) as StoredLayer;
+            if (await claim.secure(known.digest)) return { layer: known, reused: true, cachedBytes: 0, claim };
+          }
         }
-        reused = false;
-        const stored = await this.packLimit(async () => {
+        const packed = await this.packLimit(async () => {
           const source = await segments();
+          // Named before it becomes visible: a pass that lists it also reads the lease naming it.
           const r = await storage.persistBlob(MediaType.ociLayer, (out) => this.deps.pack(source, out, { signal }), {
-            beforeVisible: (d) => hold([d]),
+            beforeVisible: (d) => claim.name([d]),
           });
           if (r.digest !== r.value.digest) throw new Error(`layer digest mismatch: packed ${r.value.digest}, stored ${r.digest}`);
-          cachedBytes = r.value.cachedBytes;
-          return { digest: r.digest, size: r.size, diffId: r.value.diffId };
+          return { stored: { digest: r.digest, size: r.size, diffId: r.value.diffId }, cachedBytes: r.value.cachedBytes };
         });
-        await storage.putRecord('layers', key, Buffer.from(JSON.stringify(stored)));
-        return stored;
-      })
-      .then((l) => {
-        build.emit({ type: 'layer', at: now(), platform, digest: l.digest, size: l.size, reused, cachedBytes, description });
-        return { ...l, description };
+        await storage.putRecord('layers', key, Buffer.from(JSON.stringify(packed.stored)));
+        return { layer: packed.stored, reused: false, cachedBytes: packed.cachedBytes, claim };
       });
+      if (found.claim === claim || (await claim.secure(found.layer.digest))) {
+        const l = found.layer;
+        build.emit({ type: 'layer', at: now(), platform, digest: l.digest, size: l.size, reused: found.reused, cachedBytes: found.cachedBytes, description });
+        return { ...l, description };
+      }
+      if (attempt === LAYER_ATTEMPTS) throw new BlobsCollectedError(build.image, `layer ${found.layer.digest} was deleted by garbage collection ${attempt} times while this build used it`);
+    }
   }
 }
 
