@@ -235,3 +235,25 @@ describe('garbage collection', () => {
     expect(report.images).toEqual([]);
   });
 });
+
+describe('garbage collection outrunning a build', () => {
+  it('answers 503 with Retry-After (a fault injected: every mark finds its blob deleted, as a pass deleting each blob right before it is secured would), and the next pull builds, not remembered as a failure', async () => {
+    const c = clock();
+    const storage = new MemoryStorage({ now: c.now });
+    const r = await registry({ now: c.now, storage });
+    // Stored layers whose marks all fail: every reuse and every protect sees a deleted blob.
+    await r.service.manifest(parseImageName('htop', 'latest'), OCI);
+    const markBlobUsed = storage.markBlobUsed.bind(storage);
+    storage.markBlobUsed = async () => false;
+    const res = await r.app.request('/v2/jq/manifests/latest', { headers: { Accept: OCI } });
+    expect(res.status).toBe(503);
+    expect(res.headers.get('Retry-After')).toBe('5');
+    const body = (await res.json()) as { errors: Array<{ code: string; message: string }> };
+    expect(body.errors[0]!.code).toBe('UNAVAILABLE');
+    expect(body.errors[0]!.message).toMatch(/garbage collection|garbage-collected/);
+    storage.markBlobUsed = markBlobUsed;
+    const again = await r.app.request('/v2/jq/manifests/latest', { headers: { Accept: OCI } });
+    expect(again.status).toBe(200);
+    await recordsIntact(storage);
+  });
+});
