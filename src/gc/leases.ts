@@ -87,10 +87,10 @@ export async function readLeases(storage: StorageBackend, now: number): Promise<
 
 /**
  * A build's lease, kept up to date while the build stores blobs: a new blob
- * is added before it becomes visible, a found one as soon as it is found,
- * so a pass skips it from then on, not only from the end of the build.
- * `protect` then writes the complete lease and marks every blob, as the
- * protocol above requires.
+ * is added before it becomes visible (`add`), a found one is added and
+ * marked before it is used (`secure`), so a pass skips it from then on, not
+ * only from the end of the build. `protect` then writes the complete lease
+ * and marks every blob not secured yet, as the protocol above requires.
  */
 export class BuildLease {
   readonly id = randomBytes(16).toString('hex');
@@ -108,8 +108,7 @@ export class BuildLease {
   /**
    * Adds blobs; the record is rewritten (one write at a time, coalesced).
    * Resolves once a write naming them has finished, and rejects if it
-   * failed: await it before a new blob becomes visible; ignore it for a
-   * found blob (the marks in `protect` catch a deletion).
+   * failed: await it before a new blob becomes visible.
    */
   add(digests: readonly Digest[]): Promise<void> {
     for (const d of digests) this.digests.add(d);

@@ -77,14 +77,6 @@ export interface BlobClaim {
   secure(digest: Digest): Promise<boolean>;
 }
 
-/** Without a collector nothing is deleted behind a build's back: existence is enough. */
-export function unclaimed(storage: StorageBackend): BlobClaim {
-  return {
-    name: async () => undefined,
-    secure: async (d) => (await storage.statBlob(d)) !== undefined,
-  };
-}
-
 /** Times a found layer is looked for again after a pass deleted it before it was secured. */
 const LAYER_ATTEMPTS = 3;
 
@@ -135,7 +127,7 @@ export class PlatformBuilder {
      * The build's GC lease (gc/leases.ts): names each blob it writes before
      * the blob becomes visible, and secures each one it finds before using it.
      */
-    claim: BlobClaim = unclaimed(this.deps.storage),
+    claim: BlobClaim,
   ): Promise<PlatformImage> {
     const { nix, now } = this.deps;
     const arch = spec.arch;
