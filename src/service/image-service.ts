@@ -12,13 +12,8 @@
  * build stores both manifest flavours, so a docker pull after a skopeo pull
  * of the same image costs no build.
  *
- * With more than one platform a tag serves an index (`index`): each
- * platform's image goes through the same path, in parallel, and the index
- * over those that built is recorded like an image (records/manifests/<key>,
- * a different key), so it is served without a build and byte-stable. A
- * platform that fails is left out and said so; an index missing a platform
- * is assembled again on each request (cheap: the failure is remembered by
- * admission), so it fills in once the platform builds.
+ * With more than one platform a tag serves an index (`index`,
+ * image-indexes.ts): each platform's image goes through this same path.
  *
  * Observers (running builds, recent errors, counters, metrics) subscribe to
  * the service's events and to each build's events; the service keeps no
@@ -28,17 +23,14 @@ import { LRUCache } from 'lru-cache';
 import type { AdmissionConfig } from '../config.js';
 import type { Digest } from '../digest.js';
 import { BlobsCollectedError, ManifestNotFoundError, PackagesNotFoundError, UnauthorizedError } from '../errors.js';
-import { platformName, type Architecture, type ImageSpec } from '../image/name.js';
+import type { Architecture, ImageSpec } from '../image/name.js';
 import type { Popularity } from '../layers/popularity.js';
 import {
   EMPTY_CONFIG,
-  INDEX_ENTRY_TYPE,
-  INDEX_TYPES,
   MANIFEST_TYPES,
   MediaType,
   assembleManifests,
   buildArtifactManifest,
-  buildIndex,
   type IndexMediaType,
   type ManifestMediaType,
   type ServedMediaType,
@@ -48,9 +40,9 @@ import { Admission, DEFAULT_ADMISSION, type AdmissionStats } from './admission.j
 import { Build, buildTimings } from './build.js';
 import { PlatformBuilder, hashKey, type PlatformBuilderDeps } from './platform-build.js';
 import { SPDX_MEDIA_TYPE } from '../sbom/spdx.js';
+import { ImageIndexes } from './image-indexes.js';
 import { Referrers } from './referrers.js';
-import { decodeIndexRecord, decodeRecord, encodeRecord, imageBlobs, servedRefs, type StoredRecord, type BlobRef, type BuiltImage, type BuiltIndex, type IndexedPlatform, type PlatformImage } from './records.js';
-import { SingleFlight } from './single-flight.js';
+import { decodeRecord, encodeRecord, imageBlobs, servedRefs, type StoredRecord, type BlobRef, type BuiltImage, type PlatformImage } from './records.js';
 import { BuildLease } from '../gc/leases.js';
 
 export interface ImageServiceDeps extends Omit<PlatformBuilderDeps, 'packConcurrency'> {
@@ -97,9 +89,8 @@ export type ServiceEvent =
 
 export type ServiceListener = (event: ServiceEvent) => void;
 
-// v2: images carry users and groups, labels, a default command; the canonical name is part of the key.
+// v2: images carry users and groups, labels, a default command; the canonical name is part of the key (indexes: image-indexes.ts).
 const MANIFEST_KEY_VERSION = 'image-v2';
-const INDEX_KEY_VERSION = 'index-v2';
 /** Attempts of a build whose blobs a garbage-collection pass keeps deleting. */
 const MAX_COLLECTED_RETRIES = 3;
 /**
@@ -124,10 +115,9 @@ export class ImageService {
   /** Part of every key: a changed budget or popularity list regroups instead of serving old records. */
   private readonly layeringIdentity: string;
   private readonly limits: Admission;
-  private readonly indexes = new LRUCache<string, BuiltIndex>({ max: IMAGE_CACHE_SIZE });
   /** Which artifacts (SBOMs) are attached to which manifests. */
   private readonly attached: Referrers;
-  private readonly indexFlights = new SingleFlight<string, BuiltIndex>();
+  private readonly indexed: ImageIndexes;
 
   constructor(private readonly deps: ImageServiceDeps) {
     this.limits = new Admission(deps.admission ?? DEFAULT_ADMISSION, deps.now);
@@ -137,6 +127,20 @@ export class ImageService {
     this.cache = new LRUCache({ max: IMAGE_CACHE_SIZE });
     // Two flavours (OCI, Docker) per image; a manifest is a few KB.
     this.manifestBytes = new LRUCache({ max: 2 * IMAGE_CACHE_SIZE });
+    this.indexed = new ImageIndexes({
+      storage: deps.storage,
+      source: deps.source,
+      log: deps.log,
+      now: deps.now,
+      layeringIdentity: this.layeringIdentity,
+      manifestBytes: this.manifestBytes,
+      maxCollectedRetries: MAX_COLLECTED_RETRIES,
+      cacheSize: IMAGE_CACHE_SIZE,
+      image: (spec, opts) => this.image(spec, opts),
+      forgetImages: () => this.cache.clear(),
+      loadRecord: (key, decode) => this.loadRecord(key, decode),
+      emit: (e) => this.emit(e),
+    });
   }
 
   subscribe(listener: ServiceListener): () => void {
@@ -161,7 +165,7 @@ export class ImageService {
    */
   forgetCaches(): void {
     this.cache.clear();
-    this.indexes.clear();
+    this.indexed.forget();
     this.manifestBytes.clear();
     this.attached.forget();
   }
@@ -239,44 +243,15 @@ export class ImageService {
 
   /** The cache key of an index over `platforms` at a resolved revision. */
   indexKey(spec: ImageSpec, platforms: readonly Architecture[], resolved: ResolvedSource): string {
-    return hashKey(INDEX_KEY_VERSION, this.layeringIdentity, resolved.revision, platforms.map((p) => p.nixSystem).join(','), spec.canonicalName, ...spec.packages);
+    return this.indexed.key(spec, platforms, resolved);
   }
 
   /**
    * An index (OCI image index or Docker manifest list) over every platform
-   * that builds, each through `image` (caches, single flight, admission).
-   * Throws the default platform's error (`spec.arch`) only when none builds.
+   * that builds, each through `image` (image-indexes.ts).
    */
-  async index(spec: ImageSpec, platforms: readonly Architecture[], mediaType: IndexMediaType, opts: RequestOptions = {}): Promise<ServedManifest> {
-    const resolved = await this.deps.source.resolve(spec.tag);
-    const key = this.indexKey(spec, platforms, resolved);
-    for (let attempt = 1; ; attempt++) {
-      let record = await this.cachedIndex(key);
-      if (record !== undefined && record.missing.length === 0) {
-        this.emit({ type: 'lookup', hit: true });
-        this.emit({ type: 'pulled', key });
-      } else {
-        const previous = record;
-        record = await this.indexFlights.run(key, () => this.assembleIndex(spec, platforms, key, resolved, opts, previous));
-      }
-      const ref = record.indexes[mediaType];
-      const bytes = this.manifestBytes.get(ref.digest) ?? (await this.deps.storage.readBlob(ref.digest));
-      if (bytes !== undefined) {
-        this.manifestBytes.set(ref.digest, bytes);
-        return { bytes, digest: ref.digest, mediaType, missing: record.missing.map((m) => m.platform) };
-      }
-      // Storage lost the index: assemble it again, once, in this request.
-      this.indexes.delete(key);
-      if (attempt === 2) throw new ManifestNotFoundError(spec.name, `index ${ref.digest} vanished from storage right after it was written`);
-    }
-  }
-
-  private async cachedIndex(key: string): Promise<BuiltIndex | undefined> {
-    const hit = this.indexes.get(key);
-    if (hit) return hit;
-    const record = await this.loadRecord(key, decodeIndexRecord);
-    if (record !== undefined) this.indexes.set(key, record);
-    return record;
+  index(spec: ImageSpec, platforms: readonly Architecture[], mediaType: IndexMediaType, opts: RequestOptions = {}): Promise<ServedManifest> {
+    return this.indexed.serve(spec, platforms, mediaType, opts);
   }
 
   /** A record from storage, trusted only if what it serves (manifests or indexes) is still there. */
@@ -288,92 +263,6 @@ export class ImageService {
       if ((await this.deps.storage.statBlob(ref.digest)) === undefined) return undefined;
     }
     return record;
-  }
-
-  /**
-   * Every platform's image in parallel, then the index over those that
-   * built, written under the same lease protocol as a build (gc/leases.ts):
-   * the index blobs are named before they become visible, and the record is
-   * written only over blobs protected and marked.
-   */
-  private async assembleIndex(
-    spec: ImageSpec,
-    platforms: readonly Architecture[],
-    key: string,
-    resolved: ResolvedSource,
-    opts: RequestOptions,
-    previous: BuiltIndex | undefined,
-  ): Promise<BuiltIndex> {
-    const { storage, now, log } = this.deps;
-    for (let attempt = 1; ; attempt++) {
-      const results = await Promise.allSettled(
-        platforms.map((arch) => this.image({ ...spec, arch }, { ...opts, label: `${spec.name}:${spec.tag} ${platformName(arch)}` })),
-      );
-      const built: IndexedPlatform[] = [];
-      const missing: { platform: string; reason: string; error: Error }[] = [];
-      for (const [i, r] of results.entries()) {
-        const arch = platforms[i]!;
-        if (r.status === 'fulfilled') built.push(this.indexedPlatform(r.value));
-        else missing.push({ platform: platformName(arch), reason: (r.reason as Error).message, error: r.reason as Error });
-      }
-      if (built.length === 0) {
-        const own = results[platforms.indexOf(spec.arch)] ?? results[0]!;
-        throw (own as PromiseRejectedResult).reason;
-      }
-      const indexes = {} as Record<IndexMediaType, BlobRef>;
-      const blobs = INDEX_TYPES.map((t) => {
-        const entries = built.map((p) => ({ ...p.manifests[INDEX_ENTRY_TYPE[t]], architecture: p.platform.architecture }));
-        const blob = buildIndex(t, entries);
-        indexes[t] = { digest: blob.digest as Digest, size: blob.size };
-        return blob;
-      });
-      const record: BuiltIndex = {
-        kind: 'index',
-        revision: resolved.revision,
-        packages: spec.packages,
-        platforms: built,
-        missing: missing.map(({ platform, reason }) => ({ platform, reason })),
-        indexes,
-      };
-      // The same index as recorded (a platform still failing): nothing to write.
-      const prev = previous;
-      if (prev !== undefined && INDEX_TYPES.every((t) => prev.indexes[t].digest === indexes[t].digest) && sameMissing(prev, record)) return prev;
-      const lease = new BuildLease(storage, now);
-      try {
-        for (const b of blobs) {
-          await lease.add([b.digest as Digest]);
-          await storage.putBlob(b.mediaType, b.bytes);
-          this.manifestBytes.set(b.digest as Digest, b.bytes);
-        }
-        const lost = await lease.protect(imageBlobs(record));
-        if (lost.length === 0) {
-          await storage.putRecord('manifests', key, encodeRecord(record));
-          this.indexes.set(key, record);
-          if (previous === undefined || !sameMissing(previous, record)) {
-            for (const m of missing) {
-              log.warn({ image: `${spec.name}:${spec.tag}`, platform: m.platform, err: m.reason }, 'index served without a platform that failed');
-              this.emit({ type: 'platform-missing', image: `${spec.name}:${spec.tag}`, platform: m.platform, error: m.error });
-            }
-          }
-          return record;
-        }
-      } finally {
-        await lease.release().catch(() => undefined);
-      }
-      // A pass collected a platform's blobs meanwhile: its image is rebuilt.
-      if (attempt === MAX_COLLECTED_RETRIES) throw new BlobsCollectedError(`${spec.name}:${spec.tag}`, `blobs were garbage-collected while the index was written ${attempt} times`);
-      this.cache.clear();
-      previous = undefined;
-    }
-  }
-
-  /** A platform's image as an index lists it. */
-  private indexedPlatform(image: BuiltImage): IndexedPlatform {
-    // Every record under a current key lists its blobs (only version-1
-    // records, under keys no longer asked for, do not).
-    const own = image.platforms[0];
-    if (own === undefined) throw new Error(`image record of ${image.packages.join('/')} lists no platform image`);
-    return { ...own, manifests: image.manifests, referrers: image.referrers };
   }
 
   /**
@@ -585,8 +474,4 @@ function layeringIdentity(budget: number, popularity: Popularity): string {
 
 function isManifestType(t: string): t is ServedMediaType {
   return t === MediaType.ociManifest || t === MediaType.dockerManifest || t === MediaType.ociIndex || t === MediaType.dockerManifestList;
-}
-
-function sameMissing(a: BuiltIndex, b: BuiltIndex): boolean {
-  return a.missing.map((m) => m.platform).join(',') === b.missing.map((m) => m.platform).join(',');
 }
