@@ -52,7 +52,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import pLimit from 'p-limit';
-import type { Digest } from '../digest.js';
+import { sha256Digest, type Digest } from '../digest.js';
 import type { StorageBackend } from '../storage/backend.js';
 
 const MARKS_AT_ONCE = 8;
@@ -123,6 +123,15 @@ export class BuildLease {
     return write;
   }
 
+  /**
+   * Names a small blob, then puts it: putBlob marks a blob that is already
+   * stored, after the lease names it, so the blob is secured either way.
+   */
+  async putBlob(mediaType: string, bytes: Buffer): Promise<Digest> {
+    await this.add([sha256Digest(bytes)]);
+    return this.storage.putBlob(mediaType, bytes);
+  }
+
   /** Names a found blob (the write awaited), then marks it; false when a pass deleted it. */
   async secure(digest: Digest): Promise<boolean> {
     await this.add([digest]);
@@ -133,12 +142,10 @@ export class BuildLease {
 
   /** The complete lease, then marks (but of blobs already secured); returns the digests that no longer exist. */
   async protect(digests: readonly Digest[]): Promise<Digest[]> {
-    await this.writing;
-    for (const d of digests) this.digests.add(d);
-    const all = [...this.digests];
-    await this.storage.putRecord('leases', this.id, Buffer.from(JSON.stringify({ at: this.now(), digests: all } satisfies LeaseRecord)));
+    // A write that has not started yet: it names every blob and refreshes the lease time.
+    await this.add(digests);
     const limit = pLimit(MARKS_AT_ONCE);
-    const unmarked = all.filter((d) => !this.secured.has(d));
+    const unmarked = [...this.digests].filter((d) => !this.secured.has(d));
     const marked = await Promise.all(unmarked.map((d) => limit(() => this.storage.markBlobUsed(d))));
     return unmarked.filter((_, i) => !marked[i]);
   }

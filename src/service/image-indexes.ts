@@ -152,8 +152,7 @@ export class ImageIndexes {
       const lease = new BuildLease(storage, now);
       try {
         for (const b of blobs) {
-          await lease.add([b.digest as Digest]);
-          await storage.putBlob(b.mediaType, b.bytes);
+          await lease.putBlob(b.mediaType, b.bytes);
           this.host.manifestBytes.set(b.digest as Digest, b.bytes);
         }
         const lost = await lease.protect(imageBlobs(record));

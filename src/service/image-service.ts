@@ -385,25 +385,22 @@ export class ImageService {
     const { storage, now } = this.deps;
     const lease = new BuildLease(storage, now);
     try {
-      const platform = await this.builder.build(build, spec, resolved, this.deps.shutdown, { name: (d) => lease.add(d), secure: (d) => lease.secure(d) });
+      const platform = await this.builder.build(build, spec, resolved, this.deps.shutdown, lease);
       const manifests = {} as Record<ManifestMediaType, BlobRef>;
       const assembled = assembleManifests(platform.config, platform.layers, platform.annotations);
       for (const type of MANIFEST_TYPES) {
         const m = assembled[type];
-        await lease.add([m.digest as Digest]);
-        await storage.putBlob(type, m.bytes);
+        await lease.putBlob(type, m.bytes);
         manifests[type] = { digest: m.digest as Digest, size: m.size };
       }
       // The SBOM attached to each manifest flavour (the referrers API).
       let referrers: Record<ManifestMediaType, BlobRef> | undefined;
       if (platform.sbom !== undefined) {
-        await lease.add([EMPTY_CONFIG.digest as Digest]);
-        await storage.putBlob(EMPTY_CONFIG.mediaType, EMPTY_CONFIG.bytes);
+        await lease.putBlob(EMPTY_CONFIG.mediaType, EMPTY_CONFIG.bytes);
         referrers = {} as Record<ManifestMediaType, BlobRef>;
         for (const type of MANIFEST_TYPES) {
           const a = buildArtifactManifest(SPDX_MEDIA_TYPE, { mediaType: SPDX_MEDIA_TYPE, ...platform.sbom }, { mediaType: type, ...manifests[type] });
-          await lease.add([a.digest as Digest]);
-          await storage.putBlob(MediaType.ociManifest, a.bytes);
+          await lease.putBlob(MediaType.ociManifest, a.bytes);
           referrers[type] = { digest: a.digest as Digest, size: a.size };
         }
       }

@@ -63,13 +63,15 @@ export interface StoreRoots {
 }
 
 /**
- * A build's claim on the blobs it references (gc/leases.ts BuildLease):
- * what keeps a garbage-collection pass from deleting them before the
- * image's record names them.
+ * A build's claim on the blobs it references (implemented by gc/leases.ts
+ * BuildLease): what keeps a garbage-collection pass from deleting them
+ * before the image's record names them.
  */
 export interface BlobClaim {
   /** Names blobs in the build's lease; resolves once the lease naming them is written. */
-  name(digests: readonly Digest[]): Promise<void>;
+  add(digests: readonly Digest[]): Promise<void>;
+  /** Names a small blob, then stores it (or marks it when stored already). */
+  putBlob(mediaType: string, bytes: Buffer): Promise<Digest>;
   /**
    * Names a blob found in storage and then marks it used: true when it is
    * safe from every pass from here on, false when a pass deleted it.
@@ -158,7 +160,7 @@ export class PlatformBuilder {
     signal: AbortSignal | undefined,
     claim: BlobClaim,
   ): Promise<PlatformImage> {
-    const { nix, storage, now } = this.deps;
+    const { nix, now } = this.deps;
     const { arch, packages } = spec;
     const platform = arch.ociArch;
     const phase = (p: 'resolve' | 'realise' | 'closure' | 'group' | 'pack' | 'manifest') => build.emit({ type: 'phase', at: now(), phase: p, platform });
@@ -199,9 +201,7 @@ export class PlatformBuilder {
       packages: pkgs,
     });
     const sbom = { digest: sha256Digest(sbomBytes), size: sbomBytes.length };
-    // putBlob marks a blob that is already there, after the lease names it: secured either way.
-    await claim.name([sbom.digest]);
-    await storage.putBlob(SPDX_MEDIA_TYPE, sbomBytes);
+    await claim.putBlob(SPDX_MEDIA_TYPE, sbomBytes);
     const config = buildImageConfig({
       arch,
       layers,
@@ -210,8 +210,7 @@ export class PlatformBuilder {
       user: spec.nonroot ? { id: `${NONROOT_UID}:${NONROOT_UID}`, home: NONROOT_HOME } : undefined,
       labels,
     });
-    await claim.name([config.digest as Digest]);
-    await storage.putBlob(MediaType.ociConfig, config.bytes);
+    await claim.putBlob(MediaType.ociConfig, config.bytes);
     return {
       platform: { os: 'linux', architecture: arch.ociArch },
       config: { digest: config.digest as Digest, size: config.size },
@@ -310,7 +309,7 @@ export class PlatformBuilder {
           const source = await segments();
           // Named before it becomes visible: a pass that lists it also reads the lease naming it.
           const r = await storage.persistBlob(MediaType.ociLayer, (out) => this.deps.pack(source, out, { signal }), {
-            beforeVisible: (d) => claim.name([d]),
+            beforeVisible: (d) => claim.add([d]),
           });
           if (r.digest !== r.value.digest) throw new Error(`layer digest mismatch: packed ${r.value.digest}, stored ${r.digest}`);
           return { stored: { digest: r.digest, size: r.size, diffId: r.value.diffId }, cachedBytes: r.value.cachedBytes };
